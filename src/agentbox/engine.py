@@ -1,0 +1,68 @@
+"""The one place that connects to the Docker engine and translates the SDK's errors.
+
+Everything that talks to Docker gets its client from :func:`docker_client`, and wraps engine calls in
+:func:`translate_errors`, so that a refused or unreachable engine becomes an agentbox error with an
+action to take instead of a ``requests`` traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from agentbox.errors import EngineError, EngineUnavailableError, ImageNotFoundError
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["docker_client", "engine_available", "translate_errors"]
+
+FIX_HINT = "run `agentbox doctor --fix` (installs and starts a Docker engine), or start dockerd yourself"
+
+
+def docker_client(timeout: float = 120) -> docker.DockerClient:
+    """A client for the engine named by DOCKER_HOST (default: the local socket), checked with a ping."""
+    from docker.errors import DockerException
+
+    import docker
+
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+    except DockerException as exc:
+        raise EngineUnavailableError(f"no Docker engine answers ({_short(exc)}); {FIX_HINT}") from None
+    return client
+
+
+def engine_available() -> bool:
+    """True when a Docker engine answers a ping."""
+    try:
+        docker_client(timeout=5).close()
+    except EngineUnavailableError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Turn docker SDK and transport errors raised inside into agentbox errors that name ``action``."""
+    from docker.errors import APIError, DockerException, ImageNotFound
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+
+    try:
+        yield
+    except ImageNotFound as exc:
+        raise ImageNotFoundError(f"{action}: image not found ({_short(exc)})") from None
+    except RequestsConnectionError as exc:
+        raise EngineUnavailableError(f"{action}: the Docker engine went away ({_short(exc)}); {FIX_HINT}") from None
+    except APIError as exc:
+        raise EngineError(f"{action}: the Docker engine refused: {_short(exc)}") from None
+    except DockerException as exc:
+        raise EngineError(f"{action}: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    text = str(explanation or exc)
+    return text if len(text) < 400 else text[:400] + "..."

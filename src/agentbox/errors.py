@@ -1,0 +1,162 @@
+"""The one exception root of agentbox, and its tree.
+
+Every error agentbox raises on purpose is an :class:`AgentboxError`; third-party errors (docker SDK,
+httpx, OS errors) are translated at the boundary that meets them, so callers catch one root::
+
+    AgentboxError
+    ├── ConfigError                  bad configuration: a key, a value, a file
+    │   └── VolumeSpecError          a malformed SANDBOX_VOLUMES entry
+    ├── EngineError                  the Docker engine refused or is unreachable
+    │   ├── EngineUnavailableError   no engine answers on the socket
+    │   ├── ImageNotFoundError       the image is neither local nor pullable
+    │   ├── NetworkNotFoundError     a named network does not exist (or is ambiguous)
+    │   └── PortInUseError           a host port is already taken
+    ├── ImageBuildError              building a runtime image failed
+    ├── SandboxError                 a sandbox could not be started, found or used
+    │   ├── SandboxNotFoundError     no sandbox with that id
+    │   └── SandboxStartError        the container started but its server never answered
+    └── RuntimeServerError           the runtime server answered with an error ``{code, message}``
+        ├── AuthenticationError      401/403: missing or wrong session API key
+        ├── BadRequestError          400/422: the request was malformed
+        ├── NotFoundError            404: no such session, file, command or kernel
+        ├── ConflictError            409: e.g. a command is already running in that session
+        ├── FileOperationError       a file or editor operation could not be done
+        ├── KernelUnavailableError   the Jupyter kernel packages are absent or the kernel died
+        └── ServerTimeoutError       the action did not finish in its time budget
+
+Errors cross HTTP as ``{"code": ..., "message": ...}``; :data:`ERROR_CODES` is the fixed table that maps a
+wire code to its exception class and HTTP status, used by the server to answer and by the client to raise.
+"""
+
+from __future__ import annotations
+
+
+class AgentboxError(Exception):
+    """Root of every error agentbox raises on purpose."""
+
+
+class ConfigError(AgentboxError):
+    """The configuration is wrong: an unknown key, a bad value, an unreadable file."""
+
+
+class VolumeSpecError(ConfigError):
+    """A ``host:container[:mode]`` volume spec could not be parsed or is inconsistent."""
+
+
+class EngineError(AgentboxError):
+    """The Docker engine refused an operation."""
+
+
+class EngineUnavailableError(EngineError):
+    """No Docker engine answers."""
+
+
+class ImageNotFoundError(EngineError):
+    """An image is neither present locally nor pullable."""
+
+
+class NetworkNotFoundError(EngineError):
+    """A Docker network named in the configuration does not exist, or the name is ambiguous."""
+
+
+class PortInUseError(EngineError):
+    """A host port could not be bound."""
+
+
+class ImageBuildError(AgentboxError):
+    """Building a runtime image failed."""
+
+
+class SandboxError(AgentboxError):
+    """A sandbox could not be started, found or used."""
+
+
+class SandboxNotFoundError(SandboxError):
+    """No sandbox with the given id exists on this engine."""
+
+
+class SandboxStartError(SandboxError):
+    """A sandbox container was created but did not become ready."""
+
+
+class RuntimeServerError(AgentboxError):
+    """The runtime server answered with an error body ``{code, message}``."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class AuthenticationError(RuntimeServerError):
+    """The session API key is missing (401) or wrong (403)."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class BadRequestError(RuntimeServerError):
+    """The request was malformed; the message says what was wrong."""
+
+    code = "bad_request"
+    status = 400
+
+
+class NotFoundError(RuntimeServerError):
+    """No such session, file, background command or kernel."""
+
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(RuntimeServerError):
+    """The target is busy, e.g. a command is still running in that shell session."""
+
+    code = "conflict"
+    status = 409
+
+
+class FileOperationError(RuntimeServerError):
+    """A file or editor operation could not be done (no match, several matches, nothing to undo...)."""
+
+    code = "file_error"
+    status = 400
+
+
+class KernelUnavailableError(RuntimeServerError):
+    """Stateful Python is not available: the kernel packages are absent or the kernel died."""
+
+    code = "kernel_unavailable"
+    status = 503
+
+
+class ServerTimeoutError(RuntimeServerError):
+    """The action did not finish within its time budget."""
+
+    code = "timeout"
+    status = 504
+
+
+#: wire code -> (exception class, HTTP status). The server answers with these; the client raises them.
+ERROR_CODES: dict[str, tuple[type[RuntimeServerError], int]] = {
+    "unauthorized": (AuthenticationError, 401),
+    "forbidden": (AuthenticationError, 403),
+    "bad_request": (BadRequestError, 400),
+    "validation_error": (BadRequestError, 422),
+    "not_found": (NotFoundError, 404),
+    "conflict": (ConflictError, 409),
+    "file_error": (FileOperationError, 400),
+    "kernel_unavailable": (KernelUnavailableError, 503),
+    "timeout": (ServerTimeoutError, 504),
+    "internal": (RuntimeServerError, 500),
+}
+
+
+def error_from_wire(code: str, message: str) -> RuntimeServerError:
+    """Build the exception for a ``{code, message}`` body (unknown codes become RuntimeServerError)."""
+    cls, _status = ERROR_CODES.get(code, (RuntimeServerError, 500))
+    return cls(message, code=code)

@@ -1,0 +1,166 @@
+"""The base image a runtime image is built on: the configured one if it can be had, else one made here.
+
+Machines without an image registry (air-gapped, or behind a proxy that only lets package mirrors
+through) cannot pull ``nikolaik/python-nodejs``. For them agentbox bootstraps a Debian bookworm root
+file system with ``debootstrap`` (from the Debian mirror the machine already uses for apt) with Python 3
+and Node.js from Debian packages, and imports it as :data:`BOOTSTRAP_IMAGE`, which later runs reuse.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from agentbox.engine import translate_errors
+from agentbox.errors import ImageBuildError, ImageNotFoundError
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["BOOTSTRAP_IMAGE", "BaseImage", "bootstrap_base_image", "ensure_base_image"]
+
+BOOTSTRAP_IMAGE = "agentbox-base:bookworm"
+BOOTSTRAP_SUITE = "bookworm"
+# What the offline base carries: the seed's "basic utilities for Python and NodeJS".
+BOOTSTRAP_PACKAGES = ("ca-certificates", "python3", "python3-venv", "nodejs", "bash", "procps")
+LABEL = "agentbox.base"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A base image that is present on the engine, and how it got there."""
+
+    ref: str
+    """The image reference to build on."""
+    how: Literal["local", "pulled", "bootstrapped"]
+    """present already / pulled from a registry just now / made here with debootstrap."""
+    note: str = ""
+    """Why this path was taken, for the user."""
+
+
+def _present(client: docker.DockerClient, ref: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(ref)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def _pull(client: docker.DockerClient, ref: str, progress: Progress) -> str | None:
+    """Pull ``ref``; None on success, else the engine's reason."""
+    from docker.errors import DockerException
+
+    progress(f"pulling {ref} ...")
+    try:
+        client.images.pull(ref)
+    except DockerException as exc:
+        return str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
+    return None
+
+
+def ensure_base_image(
+    client: docker.DockerClient,
+    ref: str,
+    *,
+    allow_bootstrap: bool = True,
+    progress: Progress = lambda _msg: None,
+) -> BaseImage:
+    """Make sure a base image is present: ``ref`` if local or pullable, else the bootstrapped Debian one.
+
+    Raises ImageNotFoundError when ``ref`` cannot be had and bootstrapping is not allowed or not possible.
+    """
+    with translate_errors(f"looking up base image {ref}"):
+        if _present(client, ref):
+            return BaseImage(ref, "local")
+        reason = _pull(client, ref, progress)
+        if reason is None:
+            return BaseImage(ref, "pulled", f"pulled {ref}")
+        if not allow_bootstrap:
+            raise ImageNotFoundError(
+                f"base image {ref} is not present and cannot be pulled ({reason}); "
+                "pull it on a connected machine, or let agentbox bootstrap a Debian base"
+            )
+        note = f"{ref} cannot be pulled ({reason}); using the locally bootstrapped {BOOTSTRAP_IMAGE}"
+        progress(note)
+        if _present(client, BOOTSTRAP_IMAGE):
+            return BaseImage(BOOTSTRAP_IMAGE, "bootstrapped", note)
+    bootstrap_base_image(client, progress=progress)
+    return BaseImage(BOOTSTRAP_IMAGE, "bootstrapped", note)
+
+
+def bootstrap_base_image(
+    client: docker.DockerClient,
+    *,
+    tag: str = BOOTSTRAP_IMAGE,
+    progress: Progress = lambda _msg: None,
+) -> str:
+    """Build a Debian bookworm base image with debootstrap and ``docker import``; returns the tag."""
+    if shutil.which("debootstrap") is None:
+        raise ImageBuildError(
+            "cannot bootstrap a base image: debootstrap is not installed "
+            "(apt-get install debootstrap, or run `agentbox doctor --fix`)"
+        )
+    if os.geteuid() != 0:
+        raise ImageBuildError("bootstrapping a base image needs root (debootstrap creates device files)")
+    workdir = tempfile.mkdtemp(prefix="agentbox-bootstrap-", dir="/var/tmp")
+    rootfs = os.path.join(workdir, "rootfs")
+    log_path = os.path.join(workdir, "debootstrap.log")
+    try:
+        progress(f"bootstrapping Debian {BOOTSTRAP_SUITE} with debootstrap (about a minute) ...")
+        cmd = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(BOOTSTRAP_PACKAGES)}",
+            BOOTSTRAP_SUITE,
+            rootfs,
+        ]
+        with open(log_path, "wb") as log:
+            result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            with open(log_path, "rb") as log:
+                tail = log.read()[-1500:].decode(errors="replace")
+            raise ImageBuildError(f"debootstrap failed (exit {result.returncode}):\n{tail}")
+        # apt's lists and caches are large and stale by the time anyone uses the image.
+        for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
+            path = os.path.join(rootfs, junk)
+            for entry in os.listdir(path):
+                full = os.path.join(path, entry)
+                if os.path.isfile(full):
+                    os.unlink(full)
+        progress(f"importing the root file system as {tag} ...")
+        repository, _, image_tag = tag.partition(":")
+        tar = subprocess.Popen(
+            ["tar", "-C", rootfs, "--numeric-owner", "-c", "."],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        assert tar.stdout is not None
+        with translate_errors(f"importing {tag}"):
+            client.api.import_image_from_stream(
+                tar.stdout,
+                repository=repository,
+                tag=image_tag or "latest",
+                changes=[
+                    "ENV LANG=C.UTF-8",
+                    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    f"LABEL {LABEL}=bootstrap-{BOOTSTRAP_SUITE}",
+                    'CMD ["/bin/bash"]',
+                ],
+            )
+        if tar.wait() != 0:
+            raise ImageBuildError(f"tar of the bootstrapped root file system failed (exit {tar.returncode})")
+        if not _present(client, tag):
+            raise ImageBuildError(f"docker import did not produce {tag}")
+        progress(f"bootstrapped base image {tag}")
+        return tag
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
