@@ -1,0 +1,161 @@
+"""``python -m agentbox.server`` / ``agentbox-server``: run the runtime server of one sandbox.
+
+The session API key comes from a file (``--api-key-file``, optionally deleted after reading, which is how
+the Docker backend hands it over after the container starts) or from the first line of stdin; never from
+the environment or the command line, where ``docker inspect`` and ``ps`` would show it. Once the socket
+accepts connections the server prints exactly one line, ``agentbox-server ready on http://HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from agentbox.protocol import READY_LINE_PREFIX
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp
+
+__all__ = ["main"]
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="agentbox-server", description="The agentbox runtime server.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one")
+    parser.add_argument("--work-dir", default="/workspace", help="default working directory (created)")
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument("--api-key-file", metavar="PATH", help="read the session API key from this file")
+    key.add_argument("--api-key-stdin", action="store_true", help="read the session API key from stdin")
+    parser.add_argument("--delete-key-file", action="store_true", help="unlink the --api-key-file after reading it")
+    parser.add_argument("--max-output-chars", type=int, default=30_000, help="default result output cap")
+    parser.add_argument("--log-level", default="warning", help="server log level (stderr)")
+    return parser.parse_args(argv)
+
+
+def _read_api_key(args: argparse.Namespace) -> str:
+    if args.api_key_stdin:
+        key = sys.stdin.readline().strip()
+        source = "stdin"
+    else:
+        with open(args.api_key_file) as f:
+            key = f.read().strip()
+        source = args.api_key_file
+        if args.delete_key_file:
+            os.unlink(args.api_key_file)
+    if not key:
+        raise ValueError(f"the session API key read from {source} is empty")
+    return key
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this: answers go out at once instead of waiting on Nagle's algorithm.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, start the server, and serve until SIGTERM/SIGINT."""
+    args = _parse_args(argv)
+    if args.delete_key_file and not args.api_key_file:
+        print("agentbox-server: --delete-key-file needs --api-key-file", file=sys.stderr)
+        return 2
+    try:
+        api_key = _read_api_key(args)
+    except (OSError, ValueError) as exc:
+        print(f"agentbox-server: cannot read the session API key: {exc}", file=sys.stderr)
+        return 2
+    work_dir = os.path.abspath(args.work_dir)
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+    except OSError as exc:
+        print(f"agentbox-server: work dir {work_dir} is missing and cannot be created: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sock = _listen(args.host, args.port)
+    except OSError as exc:
+        print(f"agentbox-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="agentbox-server %(levelname)s %(name)s: %(message)s")
+
+    # pydantic scans every installed distribution's entry points for plugins when the first model is
+    # built: tens of milliseconds of startup (more in a big image) for plugins the server never uses.
+    plugins_env = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+    from agentbox.server.app import create_app
+    from agentbox.server.settings import ServerSettings
+
+    settings = ServerSettings(
+        api_key=api_key,
+        work_dir=work_dir,
+        host=args.host,
+        port=sock.getsockname()[1],
+        max_output_chars=args.max_output_chars,
+    )
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    server = _make_server(create_app(settings), f"{READY_LINE_PREFIX}http://{host}:{settings.port}")
+    if plugins_env is None:  # sandbox processes inherit this environment: leave it as it was
+        del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+    else:
+        os.environ["PYDANTIC_DISABLE_PLUGINS"] = plugins_env
+    server.run(sockets=[sock])
+    return 0
+
+
+def _make_server(app: ASGIApp, ready_line: str) -> uvicorn.Server:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, announcing readiness and sleeping (not ticking) while idle."""
+
+        _exit_event: asyncio.Event | None = None
+        _loop: asyncio.AbstractEventLoop | None = None
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                # Only now do the listeners run; the Docker backend waits for this exact line.
+                print(ready_line, flush=True)
+
+        async def main_loop(self) -> None:
+            # uvicorn wakes every 0.1 s to refresh the Date header and look at should_exit; an idle
+            # sandbox must not wake at all, so wait for the exit signal instead (no Date header).
+            self._loop = asyncio.get_running_loop()
+            self._exit_event = asyncio.Event()
+            await self.on_tick(0)
+            if not self.should_exit:
+                await self._exit_event.wait()
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if self._loop is not None and self._exit_event is not None:
+                self._loop.call_soon_threadsafe(self._exit_event.set)
+
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        date_header=False,
+        server_header=False,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=5,
+    )
+    return Server(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""The runtime server application: ``create_app(settings)`` wires thin routes to the capability services.
+
+Routes only parse (see :mod:`agentbox.server.routing`), call one service method, and answer; the work
+lives in ``shell``, ``files``, ``background``, ``ipython`` and ``info``, which are usable without HTTP.
+Blocking file work goes to worker threads; the shell and kernel are event-driven on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import IO, Any, cast
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agentbox.errors import ERROR_CODES, NotFoundError, RuntimeServerError
+from agentbox.protocol import (
+    API_KEY_HEADER,
+    FORMAT_HEADER,
+    Alive,
+    BackgroundInfo,
+    BackgroundList,
+    BackgroundOutput,
+    BackgroundOutputQuery,
+    BackgroundStart,
+    CommandResult,
+    CreateOp,
+    DirListing,
+    EditOp,
+    EditResult,
+    ErrorBody,
+    FileContent,
+    FileWritten,
+    InsertOp,
+    KernelStatus,
+    ListDir,
+    PythonResult,
+    ReadFile,
+    ReadOutput,
+    RunCommand,
+    RunPython,
+    SendInput,
+    SendKeys,
+    ServerInfo,
+    SessionCreate,
+    SessionInfo,
+    SessionList,
+    StrReplaceOp,
+    TransferQuery,
+    UndoEditOp,
+    UploadResult,
+    ViewOp,
+    WriteFile,
+)
+from agentbox.server import info as info_mod
+from agentbox.server.background import BackgroundManager
+from agentbox.server.files import Editor, FileService, resolve
+from agentbox.server.ipython import PythonKernel
+from agentbox.server.procs import ChildReaper
+from agentbox.server.routing import TypedRouter, json_response
+from agentbox.server.settings import ServerSettings
+from agentbox.server.shell import ShellManager
+
+__all__ = ["Runtime", "create_app"]
+
+_OPEN_PATHS = frozenset({"/alive"})
+_CHUNK = 1 << 20
+
+
+class Runtime:
+    """The services of one server; built without I/O, started and closed by the app's lifespan."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.clock = info_mod.ActivityClock()
+        self.reaper = ChildReaper()
+        self.files = FileService()
+        self.editor = Editor()
+        self.state_dir = ""
+        self._own_state_dir = False
+        self.shells: ShellManager
+        self.background: BackgroundManager
+        self.kernel: PythonKernel
+
+    def start(self) -> None:
+        """Create the state directory, the child reaper and the default shell session."""
+        settings = self.settings
+        if settings.state_dir is None:
+            self.state_dir = tempfile.mkdtemp(prefix="agentbox-server-")
+            self._own_state_dir = True
+        else:
+            self.state_dir = settings.state_dir
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        settings = _replace_state_dir(settings, self.state_dir)
+        self.reaper.start(asyncio.get_running_loop())
+        self.shells = ShellManager(settings, self.reaper)
+        self.background = BackgroundManager(settings.shell, self.state_dir, self.reaper, os.environ)
+        self.kernel = PythonKernel(settings.work_dir, self.state_dir, os.environ)
+        self.shells.start()
+
+    async def close(self) -> None:
+        """Stop every process the server started and remove its state."""
+        with contextlib.suppress(AttributeError):  # start() may have failed half-way
+            self.shells.close_all()
+            self.background.close()
+            await self.kernel.close()
+        self.reaper.close()
+        if self._own_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def path(self, path: str, session: str) -> str:
+        """``path`` resolved against the cwd of ``session``."""
+        return resolve(path, self.shells.get(session).cwd)
+
+
+def _replace_state_dir(settings: ServerSettings, state_dir: str) -> ServerSettings:
+    return dataclasses.replace(settings, state_dir=state_dir)
+
+
+class ApiKeyMiddleware:
+    """Requires the session API key on every request but the liveness probe (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, api_key: str, on_authenticated: Callable[[], None]) -> None:
+        self.app = app
+        self._key = api_key.encode()
+        self._on_authenticated = on_authenticated
+        self._header = API_KEY_HEADER.lower().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the key, answering 401 (missing) or 403 (wrong) without reaching the app."""
+        if scope["type"] == "http" and scope["path"] not in _OPEN_PATHS:
+            provided = next((v for k, v in scope["headers"] if k == self._header), None)
+            if provided is None:
+                response = _error_response(
+                    "unauthorized", f"missing {API_KEY_HEADER} header: every endpoint but /alive needs it"
+                )
+                return await response(scope, receive, send)
+            if not hmac.compare_digest(provided, self._key):
+                response = _error_response("forbidden", f"wrong {API_KEY_HEADER}")
+                return await response(scope, receive, send)
+            self._on_authenticated()
+        await self.app(scope, receive, send)
+
+
+def _error_response(code: str, message: str) -> Response:
+    status = ERROR_CODES.get(code, (RuntimeServerError, 500))[1]
+    return json_response(ErrorBody(code=code, message=message), status_code=status)
+
+
+async def _on_server_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RuntimeServerError):
+        return _error_response(exc.code, exc.message)
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 404:
+            return _error_response("not_found", f"no endpoint {request.method} {request.url.path}")
+        if exc.status_code == 405:
+            return _error_response("bad_request", f"{request.method} is not allowed on {request.url.path}")
+        return _error_response("bad_request", str(exc.detail))
+    # Starlette re-raises after this answer, so the server log gets the traceback once.
+    return _error_response(
+        "internal", f"internal server error ({type(exc).__name__}); the server log has the traceback"
+    )
+
+
+def _edit_handlers(rt: Runtime) -> dict[type, Callable[[str, Any], EditResult]]:
+    ed = rt.editor
+    return {
+        ViewOp: ed.view,
+        CreateOp: ed.create,
+        StrReplaceOp: ed.str_replace,
+        InsertOp: ed.insert,
+        UndoEditOp: ed.undo_edit,
+    }
+
+
+def build_router(rt: Runtime) -> TypedRouter:
+    """Every endpoint of the API, bound to the services of ``rt``."""
+    api = TypedRouter()
+    route = api.route
+
+    # ------------------------------------------------------------------ health
+
+    @route("GET", "/alive", response=Alive)
+    async def alive(request: Request) -> Alive:
+        """Liveness probe (no key needed)."""
+        return Alive()
+
+    @route("GET", "/info", response=ServerInfo)
+    async def server_info(request: Request) -> ServerInfo:
+        """Uptime, idle time, sessions, and CPU/memory of the server and the sandbox."""
+        sessions = rt.shells.list()
+        return ServerInfo(
+            version=_version(),
+            pid=os.getpid(),
+            uid=os.getuid(),
+            work_dir=rt.settings.work_dir,
+            uptime_s=round(rt.clock.uptime_s, 3),
+            idle_s=round(rt.clock.idle_s, 3),
+            sessions=len(sessions),
+            busy_sessions=sum(s.busy for s in sessions),
+            background_running=rt.background.running,
+            kernel_running=rt.kernel.running,
+            server=info_mod.server_usage(),
+            sandbox=await asyncio.to_thread(info_mod.sandbox_usage),
+        )
+
+    # ------------------------------------------------------------------ shell sessions
+
+    @route("GET", "/sessions", response=SessionList)
+    async def list_sessions(request: Request) -> SessionList:
+        """List shell sessions."""
+        return SessionList(sessions=rt.shells.list())
+
+    @route("POST", "/sessions", body=SessionCreate, response=SessionInfo)
+    async def create_session(request: Request, body: SessionCreate) -> SessionInfo:
+        """Create a named persistent bash session."""
+        return rt.shells.create(body)
+
+    @route("DELETE", "/sessions/{name}", response=SessionInfo)
+    async def close_session(request: Request) -> SessionInfo:
+        """Close a session, killing every process it started."""
+        name = request.path_params["name"]
+        info = rt.shells.get(name).info()
+        rt.shells.close(name)
+        return info
+
+    @route("POST", "/sessions/{name}/run", body=RunCommand, response=CommandResult)
+    async def run_command(request: Request, body: RunCommand) -> CommandResult:
+        """Run a command in a session and return its result."""
+        return await rt.shells.get(request.path_params["name"]).run(body)
+
+    @route("POST", "/sessions/{name}/stream", body=RunCommand, content_type="text/event-stream")
+    async def stream_command(request: Request, body: RunCommand) -> Response:
+        """Run a command, streaming its output as server-sent events (OutputChunk..., then StreamEnd)."""
+        events = await rt.shells.get(request.path_params["name"]).stream(body)
+
+        async def sse() -> AsyncIterator[bytes]:
+            async for event in events:
+                yield b"data: " + event.model_dump_json().encode() + b"\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @route("POST", "/sessions/{name}/output", body=ReadOutput, response=CommandResult)
+    async def read_output(request: Request, body: ReadOutput) -> CommandResult:
+        """Wait for more output of the running command."""
+        return await rt.shells.get(request.path_params["name"]).read_output(body)
+
+    @route("POST", "/sessions/{name}/input", body=SendInput, response=CommandResult)
+    async def send_input(request: Request, body: SendInput) -> CommandResult:
+        """Type text into the running command's terminal."""
+        return await rt.shells.get(request.path_params["name"]).send_input(body)
+
+    @route("POST", "/sessions/{name}/keys", body=SendKeys, response=CommandResult)
+    async def send_keys(request: Request, body: SendKeys) -> CommandResult:
+        """Press keys (C-c, C-d, C-z, ...) in the running command's terminal."""
+        return await rt.shells.get(request.path_params["name"]).send_keys(body)
+
+    @route("POST", "/sessions/{name}/interrupt", response=CommandResult)
+    async def interrupt(request: Request) -> CommandResult:
+        """Stop the running command: SIGINT, then SIGKILL, then a shell restart."""
+        return await rt.shells.get(request.path_params["name"]).interrupt()
+
+    @route("GET", "/commands/{command_id}/output", content_type="application/octet-stream")
+    async def command_output(request: Request) -> Response:
+        """The full raw output of a recent command."""
+        cmd = rt.shells.command(request.path_params["command_id"])
+        chunks = cmd.spool.chunks(_CHUNK)
+        if not cmd.spool.on_disk:
+            return Response(b"".join(chunks), media_type="application/octet-stream")
+        return StreamingResponse(_iterate_in_thread(chunks), media_type="application/octet-stream")
+
+    # ------------------------------------------------------------------ background commands
+
+    @route("POST", "/background", body=BackgroundStart, response=BackgroundInfo)
+    async def start_background(request: Request, body: BackgroundStart) -> BackgroundInfo:
+        """Start a detached command."""
+        cwd = rt.path(body.cwd or ".", body.session)
+        return rt.background.start(body.command, cwd, body.env)
+
+    @route("GET", "/background", response=BackgroundList)
+    async def list_background(request: Request) -> BackgroundList:
+        """List background commands."""
+        return BackgroundList(commands=rt.background.list())
+
+    @route("GET", "/background/{bg_id}", response=BackgroundInfo)
+    async def get_background(request: Request) -> BackgroundInfo:
+        """Describe a background command."""
+        return rt.background.get(request.path_params["bg_id"]).info()
+
+    @route("GET", "/background/{bg_id}/output", query=BackgroundOutputQuery, response=BackgroundOutput)
+    async def background_output(request: Request, query: BackgroundOutputQuery) -> BackgroundOutput:
+        """Read a background command's output from a byte offset."""
+        return await asyncio.to_thread(rt.background.read, request.path_params["bg_id"], query)
+
+    @route("DELETE", "/background/{bg_id}", response=BackgroundInfo)
+    async def kill_background(request: Request) -> BackgroundInfo:
+        """Kill a background command and everything it started."""
+        return await rt.background.kill(request.path_params["bg_id"])
+
+    # ------------------------------------------------------------------ files
+
+    @route("POST", "/files/read", body=ReadFile, response=FileContent)
+    async def read_file(request: Request, body: ReadFile) -> FileContent:
+        """Read a file (text with optional line range, or base64)."""
+        return await asyncio.to_thread(rt.files.read, rt.path(body.path, body.session), body)
+
+    @route("POST", "/files/write", body=WriteFile, response=FileWritten)
+    async def write_file(request: Request, body: WriteFile) -> FileWritten:
+        """Write a file, creating parent directories."""
+        return await asyncio.to_thread(rt.files.write, rt.path(body.path, body.session), body)
+
+    @route("POST", "/files/list", body=ListDir, response=DirListing)
+    async def list_dir(request: Request, body: ListDir) -> DirListing:
+        """List a directory."""
+        return await asyncio.to_thread(rt.files.list_dir, rt.path(body.path, body.session), body.include_hidden)
+
+    edit_handlers = _edit_handlers(rt)
+
+    @route("POST", "/files/edit", body=EditOp, response=EditResult)
+    async def edit_file(request: Request, body: Any) -> EditResult:
+        """Editor operation: view, create, str_replace, insert or undo_edit."""
+        handler = edit_handlers[type(body)]
+        return await asyncio.to_thread(handler, rt.path(body.path, body.session), body)
+
+    @route("PUT", "/files/upload", query=TransferQuery, response=UploadResult, raw_body=True)
+    async def upload(request: Request, query: TransferQuery) -> UploadResult:
+        """Upload one file (raw bytes) or a tree (an uncompressed or gzipped tar stream)."""
+        path = rt.path(query.path, query.session)
+        reader = cast(IO[bytes], _BodyReader(request.stream(), asyncio.get_running_loop()))
+        store = rt.files.receive_tree if query.format == "tar" else rt.files.receive_file
+        return await asyncio.to_thread(store, path, reader)
+
+    @route("GET", "/files/download", query=TransferQuery, content_type="application/octet-stream")
+    async def download(request: Request, query: TransferQuery) -> Response:
+        """Download one file (raw bytes) or a tree (an uncompressed tar stream)."""
+        path = rt.path(query.path, query.session)
+        if not await asyncio.to_thread(os.path.exists, path):
+            raise NotFoundError(f"no such file or directory: {path}")
+        tree = query.format == "tar" or (query.format == "auto" and await asyncio.to_thread(os.path.isdir, path))
+        if not tree:
+            await asyncio.to_thread(rt.files.check_readable_file, path)
+            return _FileResponse(path, media_type="application/octet-stream", headers={FORMAT_HEADER: "file"})
+        return StreamingResponse(_tar_stream(rt, path), media_type="application/x-tar", headers={FORMAT_HEADER: "tar"})
+
+    # ------------------------------------------------------------------ python
+
+    @route("POST", "/python/run", body=RunPython, response=PythonResult)
+    async def run_python(request: Request, body: RunPython) -> PythonResult:
+        """Run code in the stateful Jupyter kernel (started on first use)."""
+        return await rt.kernel.run(body.code, body.timeout)
+
+    @route("POST", "/python/restart", response=KernelStatus)
+    async def restart_python(request: Request) -> KernelStatus:
+        """Restart the kernel, losing its state."""
+        return await rt.kernel.restart()
+
+    @route("GET", "/python", response=KernelStatus)
+    async def python_status(request: Request) -> KernelStatus:
+        """Whether the kernel runs."""
+        return rt.kernel.status()
+
+    return api
+
+
+class _FileResponse(FileResponse):
+    chunk_size = _CHUNK  # fewer thread hops per megabyte than Starlette's 64 KiB
+
+
+class _BodyReader:
+    """A blocking ``read(size)`` over the request body stream, for a worker thread.
+
+    Each read pulls the next chunks from the event loop, so an upload of any size holds only about one
+    chunk in memory while the thread writes the previous one.
+    """
+
+    def __init__(self, stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._buf = bytearray()
+        self._eof = False
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await self._stream.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all remaining if negative); b"" at the end."""
+        while not self._eof and (size < 0 or len(self._buf) < size):
+            chunk = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+            if chunk is None:
+                self._eof = True
+            else:
+                self._buf += chunk
+        if size < 0 or size >= len(self._buf):
+            data, self._buf = bytes(self._buf), bytearray()
+        else:
+            data = bytes(self._buf[:size])
+            del self._buf[:size]
+        return data
+
+
+async def _tar_stream(rt: Runtime, path: str) -> AsyncIterator[bytes]:
+    """A tar of ``path`` made in a worker thread and handed over through a small bounded queue."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+    cancelled = False
+
+    def sink(data: bytes) -> None:
+        if cancelled:
+            raise BrokenPipeError("download cancelled")
+        asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
+
+    def produce() -> None:
+        try:
+            rt.files.send_tree(path, sink)
+        finally:
+            if not cancelled:
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+    task = asyncio.ensure_future(asyncio.to_thread(produce))
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        await task
+    finally:
+        cancelled = True
+        while not queue.empty():  # unblock a producer waiting on a full queue
+            queue.get_nowait()
+        with contextlib.suppress(BrokenPipeError, RuntimeServerError):
+            await task
+
+
+async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentbox")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def create_app(settings: ServerSettings) -> Starlette:
+    """The runtime server ASGI app for ``settings``; services start in its lifespan."""
+    rt = Runtime(settings)
+    api = build_router(rt)
+    openapi_cache: list[bytes] = []
+
+    async def openapi(request: Request) -> Response:
+        if not openapi_cache:
+            doc = api.openapi(title="agentbox runtime server", version=_version(), error_model=ErrorBody)
+            openapi_cache.append(json.dumps(doc).encode())
+        return Response(openapi_cache[0], media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        rt.start()
+        try:
+            yield
+        finally:
+            await rt.close()
+
+    app = Starlette(
+        routes=[*api.routes(), Route("/openapi.json", openapi, methods=["GET"])],
+        exception_handlers={
+            Exception: _on_server_error,
+            HTTPException: _on_server_error,
+            RuntimeServerError: _on_server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, on_authenticated=rt.clock.touch)
+    return app
