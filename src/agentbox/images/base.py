@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -55,15 +56,27 @@ def _present(client: docker.DockerClient, ref: str) -> bool:
     return True
 
 
+# ref -> (monotonic time, reason) of the last failed pull. Offline, every sandbox start would otherwise
+# ask the registry again, and an unreachable registry can take a connect timeout to say no.
+_failed_pulls: dict[str, tuple[float, str]] = {}
+PULL_RETRY_SECONDS = 300.0
+
+
 def _pull(client: docker.DockerClient, ref: str, progress: Progress) -> str | None:
-    """Pull ``ref``; None on success, else the engine's reason."""
+    """Pull ``ref``; None on success, else the engine's reason (remembered for a few minutes)."""
     from docker.errors import DockerException
 
+    failed = _failed_pulls.get(ref)
+    if failed is not None and time.monotonic() - failed[0] < PULL_RETRY_SECONDS:
+        return failed[1]
     progress(f"pulling {ref} ...")
     try:
         client.images.pull(ref)
     except DockerException as exc:
-        return str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
+        reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
+        _failed_pulls[ref] = (time.monotonic(), reason)
+        return reason
+    _failed_pulls.pop(ref, None)
     return None
 
 
