@@ -1,0 +1,146 @@
+"""The small interface every place a sandbox can run implements, and the values it hands back.
+
+A backend knows *where* sandboxes live (a Docker engine today, a cluster later); it knows nothing about
+what runs inside them. :class:`agentbox.sandbox.Sandbox` drives it::
+
+    spec = spec_from_config(...)            # pure, see backends/spec.py
+    cid = backend.create(spec)              # container created, networks joined, not started
+    endpoint = backend.start(cid, files)    # secrets handed over, started, server ready
+    ... backend.pause/resume/stop/logs ...
+    backend.remove(cid)                     # container and whatever agentbox created for it
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from agentbox.backends.spec import ContainerSpec
+
+__all__ = ["Backend", "Endpoint", "SandboxInfo", "SandboxState"]
+
+
+class SandboxState(str, enum.Enum):
+    """Where a sandbox is in its life; a handle's state, or a container's as seen by the engine."""
+
+    NEW = "new"
+    """Configured, nothing created yet (or created but never started)."""
+    STARTING = "starting"
+    """Being created and started; its server is not ready yet."""
+    RUNNING = "running"
+    """Started and its server answered."""
+    PAUSED = "paused"
+    """Frozen with ``docker pause``: processes and shell state survive ``resume``."""
+    STOPPED = "stopped"
+    """The container exited or was stopped; ``start`` runs it again."""
+    REMOVED = "removed"
+    """The container and what agentbox created for it are gone."""
+    CLOSED = "closed"
+    """The handle was closed but the sandbox was kept alive (``keep_runtime_alive``)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How this process reaches a sandbox's runtime server."""
+
+    url: str
+    """Base URL of the runtime server, e.g. ``http://127.0.0.1:32768``."""
+    via: Literal["published", "network", "host"]
+    """``published``: a host port Docker published; ``network``: the sandbox's IP on a Docker network
+    shared with this (containerised) process; ``host``: the host network namespace."""
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """One sandbox as found on the engine (by label)."""
+
+    id: str
+    """The agentbox sandbox id."""
+    container_id: str
+    """Full Docker container id."""
+    container_name: str
+    """Docker container name."""
+    image: str
+    """Image the container runs."""
+    state: SandboxState
+    """Container state mapped onto the sandbox states."""
+    created: datetime | None
+    """When agentbox created it (UTC)."""
+    owner_pid: int | None
+    """Process that owns it (the one that started it, or the last to reattach), on ``owner_host``."""
+    owner_host: str
+    """Host name of the owner process."""
+    url: str | None
+    """Runtime server URL from this process, when it is running and reachable."""
+    keep_alive: bool = False
+    """Started with ``keep_runtime_alive``: kept when its handle closes, and never reaped."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """All container labels."""
+
+
+class Backend(abc.ABC):
+    """Creates, starts and manages sandbox containers somewhere."""
+
+    @abc.abstractmethod
+    def resolve_image(self, config: object, progress: object = None) -> str:
+        """The runtime image to run for ``config`` (built if missing)."""
+
+    @abc.abstractmethod
+    def create(self, spec: ContainerSpec) -> str:
+        """Create the container (not started) with all its networks; returns its id.
+
+        On failure nothing is left behind.
+        """
+
+    @abc.abstractmethod
+    def start(
+        self, container_id: str, files: Mapping[str, tuple[bytes, int]], *, timeout: float, restart: bool = False
+    ) -> Endpoint:
+        """Hand ``files`` (name -> (content, mode)) to the container's /run/agentbox, start it, and wait
+        until its runtime server is ready; returns how to reach it. ``restart``: it ran before. Does not
+        remove on failure."""
+
+    @abc.abstractmethod
+    def endpoint(self, container_id: str) -> Endpoint:
+        """How to reach the (running) container's server now."""
+
+    @abc.abstractmethod
+    def find(self, sandbox_id: str) -> SandboxInfo:
+        """The sandbox with this id (or container id/name); raises SandboxNotFoundError."""
+
+    @abc.abstractmethod
+    def list(self, *, owner_host: str | None = None) -> builtins.list[SandboxInfo]:
+        """Every agentbox sandbox on the engine, optionally only those owned from ``owner_host``."""
+
+    @abc.abstractmethod
+    def pause(self, container_id: str) -> None:
+        """Freeze every process of the sandbox."""
+
+    @abc.abstractmethod
+    def resume(self, container_id: str) -> None:
+        """Thaw a paused sandbox."""
+
+    @abc.abstractmethod
+    def stop(self, container_id: str, *, timeout: float = 5) -> None:
+        """Stop the container (SIGTERM, then SIGKILL after ``timeout``)."""
+
+    @abc.abstractmethod
+    def remove(self, container_id: str) -> None:
+        """Remove the container and the agentbox-created resources it was the last user of."""
+
+    @abc.abstractmethod
+    def logs(self, container_id: str, *, tail: int | None = None) -> str:
+        """The container's output (the runtime server's log), the last ``tail`` lines if given."""
+
+    @abc.abstractmethod
+    def reap(self, *, dry_run: bool = False) -> builtins.list[str]:
+        """Remove sandboxes of this host whose owner process is gone; returns their ids."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the backend's connections."""

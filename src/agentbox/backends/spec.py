@@ -1,0 +1,270 @@
+"""A frozen description of one sandbox container, and the one pure function that makes Docker arguments.
+
+:func:`spec_from_config` turns a :class:`~agentbox.config.SandboxConfig` into a :class:`ContainerSpec`;
+:func:`to_docker_args` turns a spec into keyword arguments for ``client.containers.create(**args)``.
+Neither touches the engine, so both are unit-tested without Docker. Engine-dependent decisions (which
+real network a configured name means, whether the manager runs in a container) are made by the backend,
+which then ``dataclasses.replace``-s the spec before calling :func:`to_docker_args`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agentbox.config import SandboxConfig
+from agentbox.errors import ConfigError
+from agentbox.volumes import Mount
+
+__all__ = [
+    "DEFAULT_CAP_DROP",
+    "DEFAULT_NETWORK",
+    "HARDENED_CAP_ADD",
+    "LABEL_PREFIX",
+    "NONE_NETWORK",
+    "SERVER_PORT",
+    "ContainerSpec",
+    "Limits",
+    "PortSpec",
+    "Security",
+    "spec_from_config",
+    "to_docker_args",
+]
+
+LABEL_PREFIX = "agentbox."
+#: Port the runtime server listens on inside a bridged sandbox. High and unusual, so an agent's own web
+#: app on 8000/8080/3000 never collides with it.
+SERVER_PORT = 49983
+#: The shared, agentbox-managed bridge every sandbox joins by default (inter-container traffic disabled).
+DEFAULT_NETWORK = "agentbox-net"
+#: The shared internal (no route out) network that ``network="none"`` sandboxes join, so the host can
+#: still reach their server. Inter-container traffic disabled there too.
+NONE_NETWORK = "agentbox-none"
+
+#: Capabilities removed from Docker's default set in default (non-hardened) mode. Package installs with
+#: sudo need CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID/SETGID (apt drops to _apt) and KILL; nothing an
+#: agent does needs raw sockets (spoofing), device nodes, chroot or file capabilities. AUDIT_WRITE stays:
+#: without it every sudo prints "unable to send audit message", noise agents misread as a failure.
+DEFAULT_CAP_DROP: tuple[str, ...] = ("NET_RAW", "MKNOD", "SYS_CHROOT", "SETFCAP")
+#: Hardened mode drops everything but what the entrypoint needs to create the user, make the work dir
+#: and switch to the uid; setpriv then drops these too before the server starts (CapEff 0).
+HARDENED_CAP_ADD: tuple[str, ...] = ("CHOWN", "SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE", "FOWNER")
+
+_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One published container port."""
+
+    container_port: int
+    """Port inside the container."""
+    host_ip: str = "127.0.0.1"
+    """Host address it is published on."""
+    host_port: int | None = None
+    """Host port; None lets Docker pick a free one (read back after start)."""
+    protocol: Literal["tcp", "udp"] = "tcp"
+    """Transport protocol."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; None means unlimited."""
+
+    nano_cpus: int | None = None
+    """CPU quota in units of 1e-9 cores."""
+    memory: int | None = None
+    """Memory limit in bytes (swap is limited to the same, i.e. no extra swap)."""
+    pids_limit: int | None = None
+    """Maximum number of processes and threads."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """Privilege settings of the container."""
+
+    cap_drop: tuple[str, ...] = DEFAULT_CAP_DROP
+    """Capabilities removed from Docker's default set (``ALL`` for every one)."""
+    cap_add: tuple[str, ...] = ()
+    """Capabilities added back after the drop."""
+    no_new_privileges: bool = False
+    """Forbid gaining privileges through setuid binaries (breaks sudo)."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything Docker needs to create one sandbox container; hashable and engine-independent."""
+
+    image: str
+    """Image reference to run."""
+    command: tuple[str, ...] = ()
+    """Arguments for the image's entrypoint."""
+    name: str | None = None
+    """Container name (informational only: agentbox finds containers by label, never by name)."""
+    hostname: str | None = None
+    """Hostname inside the container."""
+    mounts: tuple[Mount, ...] = ()
+    """Bind and named-volume mounts."""
+    ports: tuple[PortSpec, ...] = ()
+    """Published ports (ignored with host networking)."""
+    user: str | None = None
+    """User the entrypoint starts as (the entrypoint itself switches to the sandbox uid)."""
+    working_dir: str | None = None
+    """Default directory for ``docker exec``."""
+    network_mode: Literal["bridge", "host", "none"] = "bridge"
+    """``bridge``: join ``networks``; ``host``: the host's network namespace; ``none``: no network."""
+    networks: tuple[str, ...] = ()
+    """Networks to join (bridge mode): the first at create, the others connected before start."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """Container labels, as sorted pairs so the spec stays hashable."""
+    limits: Limits = field(default_factory=Limits)
+    """CPU, memory and pids limits."""
+    runtime: str | None = None
+    """OCI runtime (``runsc`` for gVisor); None for the engine's default."""
+    security: Security = field(default_factory=Security)
+    """Capabilities and no-new-privileges."""
+    stop_timeout: int = 5
+    """Seconds between SIGTERM and SIGKILL on stop."""
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        """The labels as a dict."""
+        return dict(self.labels)
+
+
+def _check_mounts(mounts: tuple[Mount, ...], allow_docker_socket: bool) -> None:
+    for mount in mounts:
+        if mount.kind != "bind" or allow_docker_socket:
+            continue
+        if mount.source in _DOCKER_SOCKETS or posixpath.basename(mount.source) == "docker.sock":
+            raise ConfigError(
+                f"volume {mount.spec()!r} mounts the Docker socket into the sandbox, which gives it root "
+                "on the host; remove it (or pass allow_docker_socket=True if you really mean it)"
+            )
+
+
+def server_command(config: SandboxConfig, *, host: str, port: int) -> tuple[str, ...]:
+    """The entrypoint arguments of the runtime image for this configuration."""
+    command = ["--uid", str(config.user_id), "--work-dir", config.work_dir, "--host", host, "--port", str(port)]
+    if config.hardened:
+        command.append("--hardened")
+    return tuple(command)
+
+
+def spec_from_config(
+    config: SandboxConfig,
+    *,
+    image: str,
+    sandbox_id: str,
+    labels: dict[str, str],
+    allow_docker_socket: bool = False,
+) -> ContainerSpec:
+    """The container spec for ``config`` running ``image``; networks are still the configured names.
+
+    ``labels`` are attached as given (the caller adds the ``agentbox.*`` identity labels). Raises
+    ConfigError for a Docker socket mount unless ``allow_docker_socket``.
+    """
+    mounts = tuple(config.volumes)
+    _check_mounts(mounts, allow_docker_socket)
+    if config.use_host_network:
+        # No port mapping exists on the host network: the server binds the binding address itself, on a
+        # port the kernel picks, which the ready line reports.
+        network_mode: Literal["bridge", "host", "none"] = "host"
+        networks: tuple[str, ...] = ()
+        ports: tuple[PortSpec, ...] = ()
+        command = server_command(config, host=config.runtime_binding_address, port=0)
+    else:
+        network_mode = "bridge"
+        if config.network is None:
+            primary = DEFAULT_NETWORK
+        elif config.network == "none":
+            primary = NONE_NETWORK
+        else:
+            primary = config.network
+        networks = (primary, *config.additional_networks)
+        ports = (PortSpec(SERVER_PORT, config.runtime_binding_address),)
+        command = server_command(config, host="0.0.0.0", port=SERVER_PORT)
+    if config.hardened:
+        security = Security(cap_drop=("ALL",), cap_add=HARDENED_CAP_ADD, no_new_privileges=True)
+    else:
+        security = Security()
+    limits = Limits(
+        nano_cpus=round(config.cpus * 1e9) if config.cpus is not None else None,
+        memory=config.memory,
+        pids_limit=config.pids_limit,
+    )
+    return ContainerSpec(
+        image=image,
+        command=command,
+        name=f"agentbox-{sandbox_id}",
+        hostname=f"sandbox-{sandbox_id}"[:63],
+        mounts=mounts,
+        ports=ports,
+        user="root",
+        working_dir=config.work_dir,
+        network_mode=network_mode,
+        networks=networks,
+        labels=tuple(sorted(labels.items())),
+        limits=limits,
+        runtime=None if config.runtime == "runc" else config.runtime,
+        security=security,
+    )
+
+
+def _docker_mount(mount: Mount) -> Any:
+    from docker.types import Mount as DockerMount
+
+    return DockerMount(target=mount.target, source=mount.source, type=mount.kind, read_only=mount.read_only)
+
+
+def to_docker_args(spec: ContainerSpec) -> dict[str, Any]:
+    """Keyword arguments for ``client.containers.create(**args)`` (the container is not started).
+
+    Only the first of ``spec.networks`` is given here; Docker API 1.41 joins one network at create, so
+    the backend connects the others between create and start.
+    """
+    args: dict[str, Any] = {
+        "image": spec.image,
+        "command": list(spec.command),
+        "detach": True,
+        "labels": spec.label_map,
+        "stop_signal": "SIGTERM",
+    }
+    if spec.name:
+        args["name"] = spec.name
+    if spec.user is not None:
+        args["user"] = spec.user
+    if spec.working_dir:
+        args["working_dir"] = spec.working_dir
+    if spec.mounts:
+        args["mounts"] = [_docker_mount(m) for m in spec.mounts]
+    if spec.network_mode == "host":
+        args["network_mode"] = "host"
+    else:
+        if spec.hostname:
+            args["hostname"] = spec.hostname
+        if spec.network_mode == "none":
+            args["network_mode"] = "none"
+        elif spec.networks:
+            args["network"] = spec.networks[0]
+        if spec.ports and spec.network_mode == "bridge":
+            args["ports"] = {
+                f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) for p in spec.ports
+            }
+    if spec.limits.nano_cpus is not None:
+        args["nano_cpus"] = spec.limits.nano_cpus
+    if spec.limits.memory is not None:
+        args["mem_limit"] = spec.limits.memory
+        args["memswap_limit"] = spec.limits.memory
+    if spec.limits.pids_limit is not None:
+        args["pids_limit"] = spec.limits.pids_limit
+    if spec.runtime:
+        args["runtime"] = spec.runtime
+    if spec.security.cap_drop:
+        args["cap_drop"] = list(spec.security.cap_drop)
+    if spec.security.cap_add:
+        args["cap_add"] = list(spec.security.cap_add)
+    if spec.security.no_new_privileges:
+        args["security_opt"] = ["no-new-privileges"]
+    return args

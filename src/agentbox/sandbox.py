@@ -1,0 +1,666 @@
+"""The user-facing sandbox handle: a started container paired with the client for its runtime server.
+
+::
+
+    from agentbox import Sandbox
+
+    with Sandbox(volumes=["./src:/workspace", "/data:/data:ro"]) as sb:
+        r = sb.run("python -c 'print(42)'")
+        sb.write_file("notes.txt", "hi")
+
+Lifecycle is explicit (:class:`SandboxState`): ``__init__`` does no I/O (the configuration is resolved,
+and the engine contacted, by :meth:`Sandbox.start` / ``__enter__``), and nothing is cleaned up in
+``__del__``: :meth:`Sandbox.close` (or leaving the ``with`` block) removes the container and what agentbox
+created for it, unless ``keep_runtime_alive``. A sandbox outlives its process only on purpose; orphans
+of dead processes are removed by :func:`reap`.
+
+:class:`AsyncSandbox` is the same handle for asyncio: lifecycle calls run the one implementation here in a
+worker thread, runtime calls go through :class:`~agentbox.client.AsyncRuntimeClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shlex
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from agentbox import __version__
+from agentbox.backends.base import Backend, Endpoint, SandboxInfo, SandboxState
+from agentbox.backends.docker import IDENTITY_LABELS, LABELS, DockerBackend, default_backend
+from agentbox.backends.spec import SERVER_PORT, spec_from_config
+from agentbox.backends.state import SandboxRecord, StateStore
+from agentbox.config import FIELDS, SandboxConfig, resolve_config
+from agentbox.errors import AgentboxError, ConfigError, ImageNotFoundError, RuntimeServerError, SandboxError
+
+if TYPE_CHECKING:
+    from agentbox.client import AsyncRuntimeClient, RuntimeClient
+    from agentbox.protocol import (
+        CommandResult,
+        FileContent,
+        FileWritten,
+        OutputChunk,
+        PythonResult,
+        StreamEnd,
+        UploadResult,
+    )
+
+__all__ = ["AsyncSandbox", "Sandbox", "SandboxInfo", "SandboxState", "reap"]
+
+#: Seconds a new sandbox's server gets to report ready (first start of a cold image, gVisor...).
+DEFAULT_START_TIMEOUT = 60.0
+
+Progress = Callable[[str], None]
+
+
+def _new_id() -> str:
+    return secrets.token_hex(6)
+
+
+def _config_json(config: SandboxConfig) -> dict[str, Any]:
+    data = config.model_dump(mode="json")
+    data["volumes"] = [m.spec() for m in config.volumes]  # parses back exactly, unlike the dataclass dump
+    return data
+
+
+def _merge(config: SandboxConfig, settings: Mapping[str, Any]) -> SandboxConfig:
+    values = {name: getattr(config, name) for name in config.model_fields_set}
+    values.update(settings)
+    return SandboxConfig.model_validate(values)
+
+
+def _env_script(env: Mapping[str, str]) -> bytes:
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()).encode()
+
+
+class Sandbox:
+    """One sandbox: a container on a Docker engine and the client for the runtime server inside.
+
+    Any :class:`~agentbox.config.SandboxConfig` field can be given as a keyword (``volumes``, ``user_id``,
+    ``network``...). Without ``config``, settings resolve like everywhere in agentbox: defaults <
+    ``config_file`` (or ./config.toml) < ``SANDBOX_*`` environment < these keywords.
+
+    ``labels`` are extra container labels (also put on networks and volumes created for it), e.g.
+    ``{"agentbox.test": "1"}``. ``start_timeout`` bounds how long the server may take to get ready.
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        backend: Backend | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        allow_docker_socket: bool = False,
+        progress: Progress | None = None,
+        **settings: Any,
+    ) -> None:
+        unknown = sorted(set(settings) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown sandbox setting(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+        reserved = sorted(k for k in (labels or {}) if k in IDENTITY_LABELS)
+        if reserved:
+            raise ConfigError(f"labels {', '.join(reserved)} are set by agentbox itself")
+        self._config_arg = config
+        self._config_file = config_file
+        self._settings = dict(settings)
+        self._config: SandboxConfig | None = None
+        self._labels = dict(labels or {})
+        self._backend = backend
+        self._start_timeout = start_timeout
+        self._allow_docker_socket = allow_docker_socket
+        self._progress = progress
+        self._id = _new_id()
+        self._container_id: str | None = None
+        self._key: str | None = None
+        self._endpoint: Endpoint | None = None
+        self._client: RuntimeClient | None = None
+        self._state = SandboxState.NEW
+        self._lock = threading.RLock()
+
+    # -- identity and state --------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The sandbox id (also its ``agentbox.sandbox`` label)."""
+        return self._id
+
+    @property
+    def state(self) -> SandboxState:
+        """Where this handle's sandbox is in its life."""
+        return self._state
+
+    @property
+    def container_id(self) -> str | None:
+        """The Docker container id, once created."""
+        return self._container_id
+
+    @property
+    def config(self) -> SandboxConfig:
+        """The effective configuration (resolved from file and environment on first use)."""
+        if self._config is None:
+            if self._config_arg is not None:
+                self._config = _merge(self._config_arg, self._settings) if self._settings else self._config_arg
+            else:
+                self._config = resolve_config(config_file=self._config_file, overrides=self._settings).config
+        return self._config
+
+    @property
+    def backend(self) -> Backend:
+        """The backend the sandbox runs on (the process-wide Docker backend by default)."""
+        if self._backend is None:
+            self._backend = default_backend()
+        return self._backend
+
+    @property
+    def url(self) -> str:
+        """Base URL of the runtime server, as reachable from this process."""
+        if self._endpoint is None:
+            raise SandboxError(f"sandbox {self.id} is {self._state.value}: it has no server address")
+        return self._endpoint.url
+
+    @property
+    def client(self) -> RuntimeClient:
+        """The :class:`~agentbox.client.RuntimeClient` of the runtime server (made on first use)."""
+        self._check_usable()
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    from agentbox.client import RuntimeClient
+
+                    assert self._key is not None
+                    self._client = RuntimeClient(self.url, self._key, timeout=self.config.timeout)
+        return self._client
+
+    def _check_usable(self) -> None:
+        if self._state is SandboxState.RUNNING:
+            return
+        if self._state is SandboxState.PAUSED:
+            raise SandboxError(f"sandbox {self.id} is paused; call resume() first")
+        if self._state is SandboxState.NEW:
+            raise SandboxError(f"sandbox {self.id} is not started; call start() or use `with Sandbox(...)`")
+        raise SandboxError(f"sandbox {self.id} is {self._state.value}")
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id} {self._state.value}{' ' + self._endpoint.url if self._endpoint else ''}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        """Create and start the sandbox and wait for its server (or restart a stopped one); returns self.
+
+        On failure everything created for it is removed and the error says what failed.
+        """
+        with self._lock:
+            if self._state is SandboxState.RUNNING:
+                return self
+            if self._state is SandboxState.STOPPED:
+                self._restart()
+                return self
+            if self._state is not SandboxState.NEW:
+                raise SandboxError(f"sandbox {self.id} is {self._state.value} and cannot be started")
+            self._state = SandboxState.STARTING
+            try:
+                self._create_and_start()
+            except BaseException:
+                self._state = SandboxState.REMOVED
+                raise
+            self._state = SandboxState.RUNNING
+            return self
+
+    def _identity_labels(self, config: SandboxConfig) -> dict[str, str]:
+        return {
+            **self._labels,
+            LABELS.SANDBOX: self.id,
+            LABELS.OWNER_PID: str(os.getpid()),
+            LABELS.OWNER_HOST: socket.gethostname(),
+            LABELS.CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            LABELS.VERSION: __version__,
+            LABELS.KEEP_ALIVE: "1" if config.keep_runtime_alive else "0",
+            LABELS.SERVER_PORT: str(SERVER_PORT),
+        }
+
+    def _secret_files(self, config: SandboxConfig) -> dict[str, tuple[bytes, int]]:
+        assert self._key is not None
+        files = {"session-key": (self._key.encode(), 0o600)}
+        if config.env:
+            files["env.sh"] = (_env_script(config.env), 0o600)
+        return files
+
+    def _create_and_start(self) -> None:
+        config = self.config
+        backend = self.backend
+        image = backend.resolve_image(config, self._progress)
+        self._key = secrets.token_urlsafe(32)
+        spec = spec_from_config(
+            config,
+            image=image,
+            sandbox_id=self.id,
+            labels=self._identity_labels(config),
+            allow_docker_socket=self._allow_docker_socket,
+        )
+        store = self._store()
+        try:
+            try:
+                self._container_id = backend.create(spec)
+            except ImageNotFoundError:
+                if config.runtime_container_image or not isinstance(backend, DockerBackend):
+                    raise
+                # The image cached for this process was removed meanwhile: make it again, once.
+                image = backend.resolve_image(config, self._progress, refresh=True)
+                from dataclasses import replace
+
+                self._container_id = backend.create(replace(spec, image=image))
+            record = SandboxRecord(
+                id=self.id,
+                key=self._key,
+                container_id=self._container_id,
+                owner_pid=os.getpid(),
+                owner_host=socket.gethostname(),
+                config=_config_json(config),
+            )
+            store.save(record)
+            self._endpoint = backend.start(self._container_id, self._secret_files(config), timeout=self._start_timeout)
+            if self._endpoint.via == "host":
+                record.url = self._endpoint.url
+                store.save(record)
+        except AgentboxError as exc:
+            self._discard(purge_volumes=True)
+            if isinstance(exc, RuntimeServerError):
+                raise
+            # Say which sandbox failed (its id is in the labels of anything that might be left over).
+            raise type(exc)(f"starting sandbox {self.id}: {exc}") from None
+        except BaseException:
+            self._discard(purge_volumes=True)
+            raise
+
+    def _restart(self) -> None:
+        assert self._container_id is not None
+        self._close_client()
+        self._state = SandboxState.STARTING
+        try:
+            # The server deleted its key file when it first read it: hand the key over again.
+            self._endpoint = self.backend.start(
+                self._container_id, self._secret_files(self.config), timeout=self._start_timeout, restart=True
+            )
+        except BaseException:
+            self._state = SandboxState.STOPPED
+            raise
+        self._state = SandboxState.RUNNING
+
+    def _store(self) -> StateStore:
+        backend = self.backend
+        return backend.store if isinstance(backend, DockerBackend) else StateStore()
+
+    def _discard(self, *, purge_volumes: bool = False) -> None:
+        """Remove the container, what agentbox created for it, and the state file."""
+        self._close_client()
+        if self._container_id is not None:
+            if isinstance(self.backend, DockerBackend):
+                self.backend.remove(self._container_id, purge_volumes=purge_volumes)
+            else:
+                self.backend.remove(self._container_id)
+        self._store().delete(self.id)
+        self._endpoint = None
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def pause(self) -> None:
+        """Freeze the sandbox (``docker pause``): running processes and shell state survive resume()."""
+        with self._lock:
+            self._check_usable()
+            assert self._container_id is not None
+            self.backend.pause(self._container_id)
+            self._state = SandboxState.PAUSED
+
+    def resume(self) -> None:
+        """Thaw a paused sandbox."""
+        with self._lock:
+            if self._state is not SandboxState.PAUSED:
+                raise SandboxError(f"sandbox {self.id} is {self._state.value}, not paused")
+            assert self._container_id is not None
+            self.backend.resume(self._container_id)
+            self._state = SandboxState.RUNNING
+
+    def stop(self, *, timeout: float = 5) -> None:
+        """Stop the container (its processes end; files stay); start() runs it again."""
+        with self._lock:
+            if self._state not in (SandboxState.RUNNING, SandboxState.PAUSED):
+                raise SandboxError(f"sandbox {self.id} is {self._state.value}")
+            assert self._container_id is not None
+            self._close_client()
+            self.backend.stop(self._container_id, timeout=timeout)
+            self._endpoint = None
+            self._state = SandboxState.STOPPED
+
+    def remove(self) -> None:
+        """Remove the container and everything agentbox created for it (idempotent)."""
+        with self._lock:
+            if self._state is SandboxState.REMOVED:
+                return
+            self._discard()
+            self._state = SandboxState.REMOVED
+
+    def close(self) -> None:
+        """Remove the sandbox, or with ``keep_runtime_alive`` just let go of it (idempotent)."""
+        with self._lock:
+            if self._state in (SandboxState.REMOVED, SandboxState.CLOSED):
+                return
+            if self._state is SandboxState.NEW:
+                self._state = SandboxState.CLOSED
+                return
+            if self.config.keep_runtime_alive:
+                self._close_client()
+                self._state = SandboxState.CLOSED
+                return
+            self.remove()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def logs(self, tail: int | None = None) -> str:
+        """The container's log (the runtime server's own output), the last ``tail`` lines if given."""
+        if self._container_id is None:
+            raise SandboxError(f"sandbox {self.id} has no container")
+        return self.backend.logs(self._container_id, tail=tail)
+
+    # -- finding sandboxes ---------------------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, sandbox_id: str, *, backend: Backend | None = None) -> Sandbox:
+        """Reattach to a running (or paused, or stopped) sandbox by id, e.g. after this process restarted.
+
+        Needs the state file the starting process wrote (same user, same host); the handle then owns the
+        sandbox (so :func:`reap` spares it while this process lives).
+        """
+        backend = backend or default_backend()
+        info = backend.find(sandbox_id)
+        store = backend.store if isinstance(backend, DockerBackend) else StateStore()
+        record = store.load(info.id)
+        if record is None:
+            raise SandboxError(
+                f"sandbox {info.id} exists but its session key is not here ({store.path(info.id)} is missing): "
+                "only the user who started it, on the host that started it, can reattach"
+            )
+        config = SandboxConfig.model_validate(record.config)
+        sandbox = cls(config, backend=backend)
+        sandbox._id = info.id
+        sandbox._container_id = info.container_id
+        sandbox._key = record.key
+        sandbox._state = info.state if info.state is not SandboxState.NEW else SandboxState.STOPPED
+        if sandbox._state in (SandboxState.RUNNING, SandboxState.PAUSED):
+            sandbox._endpoint = backend.endpoint(info.container_id)
+        record.owner_pid = os.getpid()
+        record.owner_host = socket.gethostname()
+        store.save(record)
+        return sandbox
+
+    @classmethod
+    def list(cls, all_owners: bool = True, *, backend: Backend | None = None) -> list[SandboxInfo]:
+        """Sandboxes on the engine; ``all_owners=False``: only those this user can reattach to from here."""
+        backend = backend or default_backend()
+        if all_owners:
+            return backend.list()
+        store = backend.store if isinstance(backend, DockerBackend) else StateStore()
+        mine = set(store.ids())
+        return [info for info in backend.list(owner_host=socket.gethostname()) if info.id in mine]
+
+    # -- acting inside (thin forwards to the runtime client) -----------------------------------------------
+
+    def run(
+        self,
+        command: str,
+        *,
+        session: str = "default",
+        timeout: float | None = None,
+        no_output_timeout: float | None = None,
+        max_output_chars: int | None = None,
+    ) -> CommandResult:
+        """Run ``command`` in a persistent bash session (cwd, env and venv carry over between commands).
+
+        ``timeout`` interrupts it (partial output kept, session usable); ``no_output_timeout`` hands control
+        back while it keeps running. Returns exit_code, output, cwd, timed_out...
+        """
+        return self.client.run(
+            command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
+            max_output_chars=max_output_chars,
+        )
+
+    def stream(
+        self,
+        command: str,
+        *,
+        session: str = "default",
+        timeout: float | None = None,
+        no_output_timeout: float | None = None,
+    ) -> Iterator[OutputChunk | StreamEnd]:
+        """Run ``command``, yielding output chunks as they come, then the result (a StreamEnd)."""
+        return self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+
+    def read_file(
+        self,
+        path: str,
+        *,
+        start_line: int | None = None,
+        end_line: int | None = None,
+        binary: bool = False,
+        session: str = "default",
+    ) -> FileContent:
+        """Read a file (relative paths: from the session's cwd, initially the work dir)."""
+        return self.client.read_file(path, start_line=start_line, end_line=end_line, binary=binary, session=session)
+
+    def write_file(
+        self,
+        path: str,
+        content: str | bytes,
+        *,
+        append: bool = False,
+        mode: int | None = None,
+        session: str = "default",
+    ) -> FileWritten:
+        """Write a file as the sandbox user (so it is owned by ``user_id`` in a bind mount)."""
+        return self.client.write_file(path, content, append=append, mode=mode, session=session)
+
+    def upload(self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default") -> UploadResult:
+        """Copy a local file or directory tree into the sandbox (owned by the sandbox user)."""
+        return self.client.upload(local_path, remote_path, session=session)
+
+    def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
+        """Copy a file or directory tree out of the sandbox; returns the local path written."""
+        return self.client.download(remote_path, local_path, session=session)
+
+    def run_python(self, code: str, timeout: float | None = None) -> PythonResult:
+        """Run ``code`` in the sandbox's stateful Python kernel (variables persist between calls)."""
+        return self.client.run_python(code, timeout)
+
+
+def reap(dry_run: bool = False, *, backend: Backend | None = None) -> list[str]:
+    """Remove this host's sandboxes whose owner process is gone (not keep-alive ones); returns their ids."""
+    return (backend or default_backend()).reap(dry_run=dry_run)
+
+
+class AsyncSandbox:
+    """:class:`Sandbox` for asyncio: the same lifecycle (run in a worker thread), async runtime calls."""
+
+    def __init__(self, config: SandboxConfig | None = None, **kwargs: Any) -> None:
+        self._core = Sandbox(config, **kwargs)
+        self._aclient: AsyncRuntimeClient | None = None
+
+    @classmethod
+    def _wrap(cls, core: Sandbox) -> AsyncSandbox:
+        sandbox = cls.__new__(cls)
+        sandbox._core = core
+        sandbox._aclient = None
+        return sandbox
+
+    @property
+    def id(self) -> str:
+        """The sandbox id."""
+        return self._core.id
+
+    @property
+    def state(self) -> SandboxState:
+        """Where the sandbox is in its life."""
+        return self._core.state
+
+    @property
+    def config(self) -> SandboxConfig:
+        """The effective configuration."""
+        return self._core.config
+
+    @property
+    def url(self) -> str:
+        """Base URL of the runtime server."""
+        return self._core.url
+
+    @property
+    def sync(self) -> Sandbox:
+        """The synchronous handle underneath (same sandbox)."""
+        return self._core
+
+    @property
+    def client(self) -> AsyncRuntimeClient:
+        """The :class:`~agentbox.client.AsyncRuntimeClient` of the runtime server."""
+        self._core._check_usable()
+        if self._aclient is None:
+            from agentbox.client import AsyncRuntimeClient
+
+            assert self._core._key is not None
+            self._aclient = AsyncRuntimeClient(self._core.url, self._core._key, timeout=self._core.config.timeout)
+        return self._aclient
+
+    async def _drop_client(self) -> None:
+        client, self._aclient = self._aclient, None
+        if client is not None:
+            await client.aclose()
+
+    async def start(self) -> AsyncSandbox:
+        """Create and start the sandbox (see :meth:`Sandbox.start`)."""
+        await asyncio.to_thread(self._core.start)
+        return self
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def pause(self) -> None:
+        """Freeze the sandbox."""
+        await asyncio.to_thread(self._core.pause)
+
+    async def resume(self) -> None:
+        """Thaw the sandbox."""
+        await asyncio.to_thread(self._core.resume)
+
+    async def stop(self, *, timeout: float = 5) -> None:
+        """Stop the container."""
+        await self._drop_client()
+        await asyncio.to_thread(self._core.stop, timeout=timeout)
+
+    async def remove(self) -> None:
+        """Remove the sandbox and what agentbox created for it."""
+        await self._drop_client()
+        await asyncio.to_thread(self._core.remove)
+
+    async def close(self) -> None:
+        """Remove the sandbox, or keep it alive if configured so."""
+        await self._drop_client()
+        await asyncio.to_thread(self._core.close)
+
+    async def logs(self, tail: int | None = None) -> str:
+        """The container's log."""
+        return await asyncio.to_thread(self._core.logs, tail)
+
+    @classmethod
+    async def connect(cls, sandbox_id: str, *, backend: Backend | None = None) -> AsyncSandbox:
+        """Reattach by id (see :meth:`Sandbox.connect`)."""
+        return cls._wrap(await asyncio.to_thread(Sandbox.connect, sandbox_id, backend=backend))
+
+    @classmethod
+    async def list(cls, all_owners: bool = True, *, backend: Backend | None = None) -> list[SandboxInfo]:
+        """Sandboxes on the engine (see :meth:`Sandbox.list`)."""
+        return await asyncio.to_thread(Sandbox.list, all_owners, backend=backend)
+
+    async def run(
+        self,
+        command: str,
+        *,
+        session: str = "default",
+        timeout: float | None = None,
+        no_output_timeout: float | None = None,
+        max_output_chars: int | None = None,
+    ) -> CommandResult:
+        """Run ``command`` in a persistent bash session (see :meth:`Sandbox.run`)."""
+        return await self.client.run(
+            command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
+            max_output_chars=max_output_chars,
+        )
+
+    def stream(
+        self,
+        command: str,
+        *,
+        session: str = "default",
+        timeout: float | None = None,
+        no_output_timeout: float | None = None,
+    ) -> AsyncIterator[OutputChunk | StreamEnd]:
+        """Run ``command``, yielding output chunks as they come, then the result."""
+        return self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+
+    async def read_file(
+        self,
+        path: str,
+        *,
+        start_line: int | None = None,
+        end_line: int | None = None,
+        binary: bool = False,
+        session: str = "default",
+    ) -> FileContent:
+        """Read a file in the sandbox."""
+        return await self.client.read_file(
+            path, start_line=start_line, end_line=end_line, binary=binary, session=session
+        )
+
+    async def write_file(
+        self,
+        path: str,
+        content: str | bytes,
+        *,
+        append: bool = False,
+        mode: int | None = None,
+        session: str = "default",
+    ) -> FileWritten:
+        """Write a file as the sandbox user."""
+        return await self.client.write_file(path, content, append=append, mode=mode, session=session)
+
+    async def upload(
+        self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default"
+    ) -> UploadResult:
+        """Copy a local file or tree into the sandbox."""
+        return await self.client.upload(local_path, remote_path, session=session)
+
+    async def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
+        """Copy a file or tree out of the sandbox."""
+        return await self.client.download(remote_path, local_path, session=session)
+
+    async def run_python(self, code: str, timeout: float | None = None) -> PythonResult:
+        """Run ``code`` in the stateful Python kernel."""
+        return await self.client.run_python(code, timeout)

@@ -1,0 +1,164 @@
+"""Lifecycle on a real engine: pause/resume, reattach from another process, list, logs, close, reap."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from agentbox.backends.base import SandboxState
+from agentbox.backends.docker import LABELS
+from agentbox.errors import SandboxError
+from agentbox.sandbox import AsyncSandbox, Sandbox, reap
+
+pytestmark = pytest.mark.docker
+
+
+def test_pause_and_resume_keep_processes_and_shell_state(sandboxes: Callable[..., Any]) -> None:
+    sb = sandboxes()
+    sb.run("mkdir -p /tmp/deep/dir && cd /tmp/deep/dir && export KEPT=yes")
+    started = sb.run("sleep 1000 & echo $!")
+    pid = started.output.strip().splitlines()[-1]
+    sb.pause()
+    assert sb.state is SandboxState.PAUSED
+    with pytest.raises(SandboxError, match="paused"):
+        sb.run("true")
+    sb.resume()
+    assert sb.state is SandboxState.RUNNING
+    r = sb.run(f"pwd; echo $KEPT; ps -o comm= -p {pid}")
+    assert r.output.split() == ["/tmp/deep/dir", "yes", "sleep"], r.output
+    assert r.cwd == "/tmp/deep/dir"
+
+
+def test_reattach_by_id_from_a_new_process(sandboxes: Callable[..., Any]) -> None:
+    sb = sandboxes()
+    sb.run("cd /tmp && export FROM_FIRST=1")
+    code = (
+        "import json, sys\n"
+        "from agentbox.sandbox import Sandbox\n"
+        "sb = Sandbox.connect(sys.argv[1])\n"
+        "r = sb.run('pwd; echo $FROM_FIRST')\n"
+        "print(json.dumps({'out': r.output.split(), 'state': sb.state.value, 'url': sb.url}))\n"
+        "sb.client.close()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, sb.id], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert data == {"out": ["/tmp", "1"], "state": "running", "url": sb.url}
+    # the key is nowhere in docker inspect
+    import docker
+
+    attrs = docker.from_env().api.inspect_container(sb.container_id)
+    record = json.loads((sb.backend.store.path(sb.id)).read_text())
+    assert record["key"] not in json.dumps(attrs)
+
+
+def test_the_session_key_is_not_in_docker_inspect_and_env_reaches_commands(
+    sandboxes: Callable[..., Any], docker_client: Any
+) -> None:
+    sb = sandboxes(env={"MY_SECRET": "s3cr3t value"})
+    assert sb.run("echo $MY_SECRET").output.strip() == "s3cr3t value"
+    assert sb.run("ls -A /run/agentbox").output.strip() == ""  # key and env files deleted once read
+    dumped = json.dumps(docker_client.api.inspect_container(sb.container_id))
+    assert "s3cr3t" not in dumped
+    assert sb._key not in dumped
+
+
+def test_list_logs_stop_start_and_close(sandboxes: Callable[..., Any], docker_client: Any) -> None:
+    sb = sandboxes()
+    infos = {i.id: i for i in Sandbox.list()}
+    info = infos[sb.id]
+    assert info.container_id == sb.container_id
+    assert info.state is SandboxState.RUNNING
+    assert info.owner_pid == os.getpid()
+    assert info.url == sb.url
+    assert sb.id in {i.id for i in Sandbox.list(all_owners=False)}
+    assert "agentbox-server ready on" in sb.logs()
+    sb.stop()
+    assert sb.state is SandboxState.STOPPED
+    sb.start()  # runs again, with the key handed over anew
+    assert sb.run("echo again").output.strip() == "again"
+    sb.close()
+    assert sb.state is SandboxState.REMOVED
+    assert docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={sb.id}"}) == []
+    assert not sb.backend.store.path(sb.id).exists()
+
+
+def test_keep_runtime_alive_survives_close(sandboxes: Callable[..., Any]) -> None:
+    sb = sandboxes(keep_runtime_alive=True)
+    sb.close()
+    assert sb.state is SandboxState.CLOSED
+    again = Sandbox.connect(sb.id)
+    assert again.run("echo alive").output.strip() == "alive"
+    again.remove()
+
+
+def test_reap_removes_orphans_of_dead_owners_only(
+    sandboxes: Callable[..., Any], runtime_image: str, docker_client: Any, labels: dict[str, str]
+) -> None:
+    mine = sandboxes()
+    code = (
+        "import json, sys\n"
+        "from agentbox.sandbox import Sandbox\n"
+        "sb = Sandbox(runtime_container_image=sys.argv[1], labels=json.loads(sys.argv[2])).start()\n"
+        "print(sb.id)\n"
+    )  # exits without closing: an orphan
+    proc = subprocess.run(
+        [sys.executable, "-c", code, runtime_image, json.dumps(labels)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    orphan = proc.stdout.strip().splitlines()[-1]
+    assert orphan in reap(dry_run=True)
+    assert docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={orphan}"}) != []
+    reaped = reap()
+    assert orphan in reaped and mine.id not in reaped
+    assert docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={orphan}"}) == []
+    assert mine.run("echo still").output.strip() == "still"
+
+
+def test_async_sandbox(runtime_image: str, labels: dict[str, str]) -> None:
+    import asyncio
+
+    async def main() -> tuple[str, str]:
+        async with AsyncSandbox(runtime_container_image=runtime_image, labels=labels) as sb:
+            r = await sb.run("echo async")
+            w = await sb.write_file("a.txt", "x")
+            return r.output.strip(), w.path
+
+    assert asyncio.run(main()) == ("async", "/workspace/a.txt")
+
+
+def _leftovers(docker_client: Any, text: str) -> list[Any]:
+    sandbox_id = text.split()[2].rstrip(":")  # "starting sandbox <id>: ..."
+    return list(docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={sandbox_id}"}))
+
+
+def test_a_server_that_exits_fails_with_its_log_and_leaves_nothing(
+    sandboxes: Callable[..., Any], docker_client: Any, tmp_path: Any
+) -> None:
+    from agentbox.errors import SandboxStartError
+
+    broken = tmp_path / "entrypoint"
+    broken.write_text("#!/bin/sh\necho 'boom: the server cannot start' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    with pytest.raises(SandboxStartError) as err:
+        sandboxes(volumes=[f"{broken}:/opt/agentbox/bin/agentbox-entrypoint:ro"])
+    message = str(err.value)
+    assert "exited (code 3)" in message and "Last log lines" in message
+    assert "boom: the server cannot start" in message  # the container's own words, from its log
+    assert _leftovers(docker_client, message) == []
+
+
+def test_a_missing_image_fails_clearly_and_leaves_nothing(sandboxes: Callable[..., Any], docker_client: Any) -> None:
+    from agentbox.errors import ImageNotFoundError
+
+    with pytest.raises(ImageNotFoundError, match="agentbox doctor") as err:
+        sandboxes(runtime_container_image="agentbox-runtime:no-such-tag")
+    assert _leftovers(docker_client, str(err.value)) == []

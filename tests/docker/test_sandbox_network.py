@@ -1,0 +1,182 @@
+"""Binding, networks and isolation on a real engine. Every address targeted is on this machine."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from agentbox.backends.docker import LABELS
+from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, SERVER_PORT
+from agentbox.errors import NetworkNotFoundError, VolumeSpecError
+
+pytestmark = pytest.mark.docker
+
+# A TCP connect from inside the sandbox; prints OK or FAIL <reason>. Python is in every runtime image.
+PROBE = (
+    "python3 -c \"import socket,sys; s=socket.socket(); s.settimeout(3)\n"
+    "try:\n s.connect((sys.argv[1], int(sys.argv[2]))); print('OK')\n"
+    "except Exception as e: print('FAIL', type(e).__name__, e)\" {host} {port}"
+)
+
+
+def probe(sb: Any, host: str, port: int) -> str:
+    result = sb.run(PROBE.format(host=host, port=port), timeout=30)
+    return str(result.output.strip().splitlines()[-1])
+
+
+def ip_on(docker_client: Any, container_id: str, network: str) -> str:
+    return str(docker_client.api.inspect_container(container_id)["NetworkSettings"]["Networks"][network]["IPAddress"])
+
+
+def test_the_server_port_is_published_on_loopback_only(sandboxes: Callable[..., Any], docker_client: Any) -> None:
+    sb = sandboxes()
+    ports = docker_client.api.inspect_container(sb.container_id)["NetworkSettings"]["Ports"]
+    bindings = ports[f"{SERVER_PORT}/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    assert sb.url == f"http://127.0.0.1:{bindings[0]['HostPort']}"
+    assert all(b["HostIp"] == "127.0.0.1" for bs in ports.values() for b in bs or [])
+    assert sb.client.alive().status == "ok"
+
+
+def test_a_sidecar_on_an_additional_network_answers_by_name_from_the_first_command(
+    sandboxes: Callable[..., Any],
+    sidecar: Callable[..., Any],
+    network: Callable[..., str],
+    unique: Callable[[str], str],
+    docker_client: Any,
+) -> None:
+    net1 = network(unique("net1"))
+    name = unique("myredis")
+    sidecar(name, net1)
+    sb = sandboxes(additional_networks=[net1])
+    # The very first command: the network was joined before the container started.
+    first = sb.run(f"python3 -c \"import urllib.request as u; print(u.urlopen('http://{name}:8080/').status)\"")
+    assert first.output.strip().splitlines()[-1] == "200", first.output
+    # and the sandbox is still only published on loopback, its primary network the agentbox one
+    attrs = docker_client.api.inspect_container(sb.container_id)
+    assert set(attrs["NetworkSettings"]["Networks"]) == {DEFAULT_NETWORK, net1}
+
+
+def test_sandboxes_on_different_networks_cannot_reach_each_other(
+    sandboxes: Callable[..., Any], unique: Callable[[str], str], docker_client: Any
+) -> None:
+    net_a, net_b = unique("a"), unique("b")
+    a = sandboxes(network=net_a)
+    b = sandboxes(network=net_b)
+    c = sandboxes(network=net_a)
+    b_ip = ip_on(docker_client, b.container_id, net_b)
+    c_ip = ip_on(docker_client, c.container_id, net_a)
+    # positive control: on the same (agentbox-created, icc on) network, a reaches c's server port
+    assert probe(a, c_ip, SERVER_PORT) == "OK"
+    assert probe(a, b_ip, SERVER_PORT).startswith("FAIL")
+
+
+def test_sandboxes_on_the_default_network_cannot_reach_each_other(
+    sandboxes: Callable[..., Any], docker_client: Any
+) -> None:
+    a = sandboxes()
+    b = sandboxes()
+    b_ip = ip_on(docker_client, b.container_id, DEFAULT_NETWORK)
+    assert probe(b, b_ip, SERVER_PORT) == "OK"  # control: the server listens there
+    assert probe(a, b_ip, SERVER_PORT).startswith("FAIL")
+
+
+def test_network_none_has_no_route_out(
+    sandboxes: Callable[..., Any], sidecar: Callable[..., Any], unique: Callable[[str], str], docker_client: Any
+) -> None:
+    side = sidecar(unique("web"), "bridge")
+    side_ip = side.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    sb = sandboxes(network="none")
+    other = sandboxes(network="none")
+    assert sb.run("echo reachable").output.strip() == "reachable"  # the host still reaches its server
+    other_ip = ip_on(docker_client, other.container_id, NONE_NETWORK)
+    assert probe(other, other_ip, SERVER_PORT) == "OK"  # control: the probe itself works
+    assert probe(sb, side_ip, 8080).startswith("FAIL")  # another network on this machine
+    assert probe(sb, other_ip, SERVER_PORT).startswith("FAIL")  # another 'none' sandbox
+    resolve = sb.run("getent hosts deb.debian.org || echo NORESOLVE")
+    assert "NORESOLVE" in resolve.output
+
+
+def test_closing_the_last_sandbox_removes_the_network_agentbox_created(
+    sandboxes: Callable[..., Any], unique: Callable[[str], str], docker_client: Any
+) -> None:
+    from docker.errors import NotFound
+
+    name = unique("own")
+    a = sandboxes(network=name)
+    b = sandboxes(network=name)
+    labels = docker_client.api.inspect_network(name)["Labels"]
+    assert labels[LABELS.MANAGED] == "1" and labels["agentbox.test"] == "1"
+    a.close()
+    assert docker_client.api.containers(all=True, filters={"id": a.container_id}) == []
+    docker_client.api.inspect_network(name)  # b still uses it
+    b.close()
+    with pytest.raises(NotFound):
+        docker_client.api.inspect_network(name)
+
+
+def test_a_network_agentbox_did_not_create_is_kept(
+    sandboxes: Callable[..., Any], network: Callable[..., str], unique: Callable[[str], str], docker_client: Any
+) -> None:
+    name = network(unique("theirs"))
+    sb = sandboxes(network=name)
+    sb.close()
+    assert docker_client.api.inspect_network(name)["Name"] == name
+
+
+def _leftovers(docker_client: Any, sandbox_id: str) -> list[Any]:
+    return list(docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={sandbox_id}"}))
+
+
+def test_an_unknown_additional_network_fails_clearly_and_leaves_nothing(
+    sandboxes: Callable[..., Any], unique: Callable[[str], str], docker_client: Any
+) -> None:
+    missing = unique("missing")
+    primary = unique("prim")
+    with pytest.raises(NetworkNotFoundError, match=missing) as err:
+        sandboxes(network=primary, additional_networks=[missing])
+    assert "docker network create" in str(err.value)
+    sandbox_id = str(err.value).split()[2].rstrip(":")
+    assert _leftovers(docker_client, sandbox_id) == []
+    assert docker_client.api.networks(names=[primary]) == []  # the primary made for it is gone too
+
+
+def test_a_bad_volume_leaves_nothing(sandboxes: Callable[..., Any], tmp_path: Any, docker_client: Any) -> None:
+    with pytest.raises(VolumeSpecError) as err:
+        sandboxes(volumes=[f"{tmp_path}/does-not-exist:/workspace"])
+    assert "does-not-exist" in str(err.value)
+    sandbox_id = str(err.value).split()[2].rstrip(":")
+    assert _leftovers(docker_client, sandbox_id) == []
+
+
+def test_compose_prefixed_network_is_resolved_when_unambiguous(
+    sandboxes: Callable[..., Any], network: Callable[..., str], sidecar: Callable[..., Any],
+    unique: Callable[[str], str],
+) -> None:
+    key = unique("cache")
+    compose_net = network(
+        f"proj1_{key}", labels={"com.docker.compose.network": key, "com.docker.compose.project": "proj1"}
+    )
+    name = unique("side")
+    sidecar(name, compose_net)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sb = sandboxes(additional_networks=[key])
+    assert any(f"proj1_{key}" in str(w.message) for w in caught)
+    r = sb.run(f"python3 -c \"import urllib.request as u; print(u.urlopen('http://{name}:8080/').status)\"")
+    assert r.output.strip().splitlines()[-1] == "200", r.output
+
+    network(f"proj2_{key}", labels={"com.docker.compose.network": key, "com.docker.compose.project": "proj2"})
+    with pytest.raises(NetworkNotFoundError, match="several Docker Compose") as err:
+        sandboxes(additional_networks=[key])
+    assert f"proj1_{key}" in str(err.value) and f"proj2_{key}" in str(err.value)
+
+
+def test_host_network_reads_the_port_from_the_ready_line(sandboxes: Callable[..., Any], docker_client: Any) -> None:
+    sb = sandboxes(use_host_network=True)
+    assert docker_client.api.inspect_container(sb.container_id)["HostConfig"]["NetworkMode"] == "host"
+    assert sb.url.startswith("http://127.0.0.1:") and not sb.url.endswith(":0")
+    assert sb.run("echo on-host").output.strip() == "on-host"

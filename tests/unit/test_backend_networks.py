@@ -1,0 +1,134 @@
+"""Pure parts of the Docker backend: network name resolution (Compose prefixes), the secrets archive,
+the state store, and endpoint selection."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from agentbox.backends import docker as backend
+from agentbox.backends.docker import NetworkRef, resolve_network_name
+from agentbox.backends.state import SandboxRecord, StateStore
+from agentbox.errors import NetworkNotFoundError, SandboxError
+
+
+def net(name: str, project: str | None = None, key: str | None = None) -> NetworkRef:
+    labels = {}
+    if project is not None:
+        labels = {"com.docker.compose.network": key or name.split("_", 1)[1], "com.docker.compose.project": project}
+    return NetworkRef(name=name, id=f"id-{name}".ljust(64, "0"), labels=labels)
+
+
+def test_exact_name_wins_without_warning() -> None:
+    found, warning = resolve_network_name("cache", [net("cache"), net("proj_cache", "proj")])
+    assert found is not None and found.name == "cache"
+    assert warning is None
+
+
+def test_single_compose_match_is_used_with_a_warning() -> None:
+    found, warning = resolve_network_name("cache", [net("bridge"), net("myproj_cache", "myproj")])
+    assert found is not None and found.name == "myproj_cache"
+    assert warning is not None and "myproj_cache" in warning and "myproj" in warning
+
+
+def test_several_compose_matches_fail_listing_them() -> None:
+    with pytest.raises(NetworkNotFoundError) as err:
+        resolve_network_name("cache", [net("a_cache", "a"), net("b_cache", "b")])
+    assert "'a_cache'" in str(err.value) and "'b_cache'" in str(err.value)
+
+
+def test_compose_match_is_by_label_not_by_suffix() -> None:
+    # a network that merely ends in _cache is not a Compose network for "cache"
+    found, warning = resolve_network_name("cache", [net("x_cache"), net("proj_other", "proj")])
+    assert found is None and warning is None
+
+
+def test_unknown_name_gives_none() -> None:
+    assert resolve_network_name("nope", [net("bridge")]) == (None, None)
+
+
+def test_duplicate_exact_names_are_ambiguous() -> None:
+    a = NetworkRef("dup", "a" * 64, {})
+    b = NetworkRef("dup", "b" * 64, {})
+    with pytest.raises(NetworkNotFoundError, match="several Docker networks"):
+        resolve_network_name("dup", [a, b])
+
+
+def test_full_id_matches() -> None:
+    n = net("cache")
+    assert resolve_network_name(n.id, [n])[0] == n
+
+
+def test_secrets_tar_holds_the_files_with_their_modes() -> None:
+    data = backend._secrets_tar({"session-key": (b"k3y", 0o600), "env.sh": (b"export A='1'\n", 0o600)})
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["agentbox"].isdir() and members["agentbox"].mode == 0o700
+        assert members["agentbox/session-key"].mode == 0o600
+        f = tar.extractfile(members["agentbox/session-key"])
+        assert f is not None and f.read() == b"k3y"
+
+
+def test_state_store_is_private_and_round_trips(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    record = SandboxRecord(id="abc123", key="secret", container_id="c" * 64, owner_pid=1, owner_host="h", config={})
+    store.save(record)
+    path = store.path("abc123")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert store.load("abc123") == record
+    assert "secret" not in repr(record)
+    assert store.ids() == ["abc123"]
+    store.delete("abc123")
+    assert store.load("abc123") is None
+    store.delete("abc123")  # idempotent
+
+
+def test_state_store_rejects_path_tricks(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError):
+        StateStore(tmp_path).path("../etc/passwd")
+
+
+def test_url_forms() -> None:
+    assert backend._url("0.0.0.0", 5) == "http://127.0.0.1:5"
+    assert backend._url("::", 5) == "http://[::1]:5"
+    assert backend._url("[::1]", 5) == "http://[::1]:5"
+    assert backend._url("10.0.0.2", 5) == "http://10.0.0.2:5"
+
+
+def test_endpoint_prefers_the_published_port() -> None:
+    b = backend.DockerBackend(client=object())  # type: ignore[arg-type]
+    b._manager_checked = True
+    placement = backend._Placement("agentbox-net", [("127.0.0.1", 32768, 49983)], {"agentbox-net": "172.20.0.2"}, 49983)
+    ep = b._endpoint(placement)
+    assert (ep.url, ep.via) == ("http://127.0.0.1:32768", "published")
+
+
+def test_endpoint_in_a_container_uses_the_control_network() -> None:
+    b = backend.DockerBackend(client=object())  # type: ignore[arg-type]
+    b._manager_checked = True
+    b._manager = backend._Manager("m" * 64, "agentbox-ctl-mmmm")
+    placement = backend._Placement(
+        "agentbox-net", [("127.0.0.1", 32768, 49983)], {"agentbox-ctl-mmmm": "172.30.0.5"}, 49983
+    )
+    ep = b._endpoint(placement)
+    assert (ep.url, ep.via) == ("http://172.30.0.5:49983", "network")
+
+
+def test_endpoint_of_an_internal_network_sandbox_is_its_address() -> None:
+    b = backend.DockerBackend(client=object())  # type: ignore[arg-type]
+    b._manager_checked = True
+    placement = backend._Placement("agentbox-none", [], {"agentbox-none": "172.21.0.3"}, 49983)
+    assert b._endpoint(placement).url == "http://172.21.0.3:49983"
+
+
+def test_env_script_quotes_values() -> None:
+    from agentbox.sandbox import _env_script
+
+    script = _env_script({"A": "it's $HOME", "B": "x"}).decode()
+    assert script == "export A='it'\"'\"'s $HOME'\nexport B=x\n"
