@@ -1,0 +1,419 @@
+"""``make bench``: every figure of the architecture's performance budget in one table, beside its floor.
+
+    python bench/run.py [--quick] [--json PATH]
+
+Runs the component benches (``bench_server.py``, ``bench_sandbox.py``, ``bench_images.py``, imported by
+path), each in a child process with a time limit so that one that crashes or hangs is reported as a
+missing row instead of taking the rest down. The server bench is repeated (it is fast), so its figures
+get a median and a spread over runs; the sandbox bench hands back its raw start samples and its own
+floor (a bare ``docker run`` of the same image). The floors no component measures (a local 10 MB pipe,
+memory copy bandwidth) are measured here, in the same run, so every figure sits next to what this
+machine can do at best.
+
+Spread is stated per row: ``p5-p95`` of the samples when there are 20 or more, else ``min-max``.
+Everything is written as JSON to ``bench/results/<UTC timestamp>.json``. The whole run stays well under
+ten minutes; the exit code is 1 if any budgeted figure fails or is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+# The whole `make bench` must stay under 10 minutes; each component gets a slice of that.
+TOTAL_BUDGET_S = 540.0
+SPREAD_MIN_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component bench: its file, keyword arguments for ``run``, how often and how long."""
+
+    name: str
+    filename: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    repeats: int = 1
+    timeout_s: float = 120.0
+
+
+# Repeats give each figure a spread; a repeat is skipped when the first run says it would not fit.
+COMPONENTS = (
+    Component("server", "bench_server.py", repeats=5, timeout_s=60),
+    Component("sandbox", "bench_sandbox.py", {"starts": 10, "concurrent": [10, 50]}, repeats=2, timeout_s=240),
+    Component("images", "bench_images.py", repeats=2, timeout_s=240),
+)
+
+
+# --------------------------------------------------------------------------------------------- stats
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def spread(values: list[float]) -> tuple[float, float, str]:
+    """(low, high, how): p5-p95 for 20 samples or more, min-max below that."""
+    if len(values) >= SPREAD_MIN_SAMPLES:
+        return percentile(values, 5), percentile(values, 95), f"p5-p95, n={len(values)}"
+    return min(values), max(values), f"min-max, n={len(values)}"
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, its floor and budget, and whether it holds."""
+
+    figure: str
+    unit: str
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    spread_kind: str = ""
+    floor: float | None = None
+    floor_note: str = ""
+    budget: str = "—"
+    verdict: str = "—"
+    """``pass``, ``FAIL``, ``missing``, or ``—`` when there is no budget."""
+    note: str = ""
+
+
+def _check(value: float, budget: tuple[str, float] | None) -> str:
+    if budget is None:
+        return "—"
+    op, limit = budget
+    return "pass" if (value <= limit if op == "<=" else value >= limit if op == ">=" else value < limit) else "FAIL"
+
+
+def make_row(
+    figure: str,
+    unit: str,
+    values: list[float] | None,
+    *,
+    stat: Callable[[list[float]], float] = statistics.median,
+    budget: tuple[str, float] | None = None,
+    floor: float | None = None,
+    floor_note: str = "",
+    missing: str = "",
+) -> Row:
+    """A row from repeated values (or raw samples); ``stat`` picks the figure (median, p95...)."""
+    budget_text = f"{budget[0]} {budget[1]:g} {unit}" if budget else "—"
+    if not values:
+        return Row(figure, unit, floor=floor, floor_note=floor_note, budget=budget_text, verdict="missing",
+                   note=missing or "not measured")
+    low, high, how = spread(values)
+    value = stat(values)
+    return Row(figure, unit, value, low, high, how, floor, floor_note, budget_text, _check(value, budget))
+
+
+def dig(data: Mapping[str, Any] | None, *paths: str) -> Any:
+    """The first of the dotted ``paths`` present in ``data`` (None if none is)."""
+    for path in paths:
+        node: Any = data
+        for key in path.split("."):
+            if not isinstance(node, Mapping) or key not in node:
+                node = None
+                break
+            node = node[key]
+        if node is not None:
+            return node
+    return None
+
+
+def across(runs: list[dict[str, Any]], *paths: str, scale: float = 1.0) -> list[float]:
+    """One number per run (the first path each run has), scaled."""
+    values = []
+    for run in runs:
+        value = dig(run, *paths)
+        if isinstance(value, (int, float)):
+            values.append(float(value) * scale)
+    return values
+
+
+def samples(runs: list[dict[str, Any]], *paths: str, scale: float = 1.0) -> list[float]:
+    """Raw samples (lists) from every run, concatenated and scaled."""
+    out: list[float] = []
+    for run in runs:
+        value = dig(run, *paths)
+        if isinstance(value, list):
+            out += [float(v) * scale for v in value if isinstance(v, (int, float))]
+    return out
+
+
+def p95(values: list[float]) -> float:
+    """95th percentile."""
+    return percentile(values, 95)
+
+
+# ------------------------------------------------------------------------------------ the components
+
+
+def run_child(path: Path, kwargs: Mapping[str, Any], out: Path) -> None:
+    """In a child process: import the bench at ``path``, call ``run(**kwargs)``, write its dict as JSON."""
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.run(**kwargs)
+    out.write_text(json.dumps(result, default=str))
+
+
+@dataclass
+class ComponentResult:
+    """What one component bench gave over its repeats."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+
+def run_component(component: Component, deadline: float, progress: Callable[[str], None]) -> ComponentResult:
+    """Run ``component`` up to ``repeats`` times within its time limit and the overall deadline."""
+    result = ComponentResult()
+    path = BENCH_DIR / component.filename
+    if not path.is_file():
+        result.error = f"{component.filename} does not exist"
+        return result
+    started = time.monotonic()
+    for attempt in range(component.repeats):
+        remaining = min(component.timeout_s - (time.monotonic() - started), deadline - time.monotonic())
+        # A repeat is only worth starting if the first one suggests it will finish in time.
+        per_run = (time.monotonic() - started) / attempt if attempt else 0.0
+        if remaining <= 5 or (attempt and per_run * 1.2 > remaining):
+            break
+        progress(f"{component.name} bench, run {attempt + 1}/{component.repeats} ...")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path),
+                   "--kwargs", json.dumps(dict(component.kwargs)), "--out", str(out)]
+            try:
+                child = subprocess.run(cmd, capture_output=True, text=True, timeout=remaining,
+                                       stdin=subprocess.DEVNULL, cwd=BENCH_DIR.parent)
+            except subprocess.TimeoutExpired:
+                result.error = f"run {attempt + 1} timed out after {remaining:.0f} s"
+                break
+            if child.returncode != 0 or not out.exists():
+                lines = [line for line in (child.stderr or child.stdout).strip().splitlines() if line.strip()]
+                result.error = f"run {attempt + 1} failed (exit {child.returncode}): {lines[-1] if lines else '?'}"
+                break
+            result.runs.append(json.loads(out.read_text()))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# ---------------------------------------------------------------------------------------- own floors
+
+
+def floor_pipe_10mb() -> float:
+    """Seconds to produce 10 MB in a shell pipeline and read it all here: the 10 MB output floor."""
+    t = time.perf_counter()
+    done = subprocess.run(["sh", "-c", "head -c 10000000 /dev/zero | tr '\\0' x"], capture_output=True)
+    elapsed = time.perf_counter() - t
+    assert len(done.stdout) == 10_000_000
+    return elapsed
+
+
+def floor_memcpy_mbps(size_mb: int = 50) -> float:
+    """MB/s of copying ``size_mb`` in memory: what a streamed transfer cannot beat."""
+    data = os.urandom(size_mb << 20)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        copy = bytearray(data)
+        best = min(best, time.perf_counter() - t)
+        del copy
+    return size_mb / best
+
+
+# -------------------------------------------------------------------------------------------- rows
+
+
+def build_rows(results: Mapping[str, ComponentResult], floors: Mapping[str, Any]) -> list[Row]:
+    """Every budget figure as a row, from the component results and the floors measured here."""
+    server, sandbox, images = (results[n].runs for n in ("server", "sandbox", "images"))
+    why = {n: f"{n} bench {'missing' if results[n].error else 'gave no figure'}" for n in results}
+    rows: list[Row] = []
+
+    starts = samples(sandbox, "create_to_first_output_s.samples")
+    # The sandbox bench times `docker run --rm --entrypoint true` of the very image it starts.
+    docker_run = samples(sandbox, "docker_run_floor_s.samples")
+    docker_p50 = statistics.median(docker_run) if docker_run else None
+    docker_p95 = p95(docker_run) if docker_run else None
+    rows.append(make_row("create → first output, p50", "s", starts, budget=("<=", 1.0), floor=docker_p50,
+                         floor_note="bare docker run", missing=why["sandbox"]))
+    rows.append(make_row("create → first output, p95", "s", starts, stat=p95, floor=docker_p95,
+                         floor_note="bare docker run", missing=why["sandbox"]))
+
+    http_p50 = across(server, "floor_http_alive.p50_ms")
+    pty_p50 = across(server, "floor_pty_builtin.p50_ms")
+    http_p99 = across(server, "floor_http_alive.p99_ms")
+    pty_p99 = across(server, "floor_pty_builtin.p99_ms")
+    echo_floor_p50 = statistics.median(http_p50) + statistics.median(pty_p50) if http_p50 and pty_p50 else None
+    echo_floor_p99 = statistics.median(http_p99) + statistics.median(pty_p99) if http_p99 and pty_p99 else None
+    rows.append(make_row("echo hi round trip, p50", "ms", across(server, "echo_roundtrip.p50_ms"),
+                         budget=("<=", 3.0), floor=echo_floor_p50, floor_note="bare HTTP + shell",
+                         missing=why["server"]))
+    rows.append(make_row("echo hi round trip, p99", "ms", across(server, "echo_roundtrip.p99_ms"),
+                         budget=("<=", 15.0), floor=echo_floor_p99, floor_note="bare HTTP + shell",
+                         missing=why["server"]))
+    rows.append(make_row("10 MB command output", "s", across(server, "output_10mb_s"),
+                         floor=floors.get("pipe_10mb_s"), floor_note="local pipe", missing=why["server"]))
+    memcpy = floors.get("memcpy_MBps")
+    for size in (1, 50):
+        budget = (">=", 200.0) if size == 50 else None
+        for direction in ("upload", "download"):
+            rows.append(make_row(f"{size} MB {direction}", "MB/s", across(server, f"{direction}_{size}mb_MBps"),
+                                 budget=budget, floor=memcpy, floor_note="memory copy", missing=why["server"]))
+
+    for count in (10, 50):
+        rows.append(make_row(
+            f"{count} sandboxes started concurrently, total", "s",
+            across(sandbox, f"concurrent_{count}.total_s"),
+            floor=docker_p50, floor_note="one bare docker run", missing=why["sandbox"]))
+        rows.append(make_row(f"{count} sandboxes, memory per sandbox", "MB",
+                             across(sandbox, f"concurrent_{count}.memory_per_sandbox_mb"), missing=why["sandbox"]))
+    rows.append(make_row("idle sandbox CPU", "% core", across(sandbox, "idle_cpu_percent"),
+                         budget=("<", 1.0), missing=why["sandbox"]))
+    rss = across(sandbox, "server_rss_mb")
+    rss_note = "in a sandbox"
+    if not rss:
+        rss, rss_note = across(server, "server_rss_mb"), "bare process"
+    row = make_row("runtime server RSS", "MB", rss, budget=("<=", 40.0), missing=why["sandbox"])
+    row.note = rss_note if rss else row.note
+    rows.append(row)
+
+    rows.append(make_row("image build, cold (no cache)", "s", across(images, "cold_build_s"), missing=why["images"]))
+    rows.append(make_row("image rebuild, one module changed", "s", across(images, "rebuild_one_module_s"),
+                         missing=why["images"]))
+    rows.append(make_row("image rebuild, nothing changed", "s", across(images, "ensure_no_change_new_process_s"),
+                         missing=why["images"]))
+    image_mb = across(images, "image_size_mb")
+    over = across(images, "image_size_over_base_mb")
+    base = statistics.median(image_mb) - statistics.median(over) if image_mb and over else None
+    rows.append(make_row("runtime image size", "MB", image_mb, floor=base, floor_note="its base image",
+                         missing=why["images"]))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- output
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    digits = 3 if abs(value) < 10 else 1 if abs(value) < 1000 else 0
+    text = f"{value:.{digits}f}"
+    return f"{text} {unit}".strip()
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    """The one table ``make bench`` prints."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("figure")
+    table.add_column("median", justify="right")
+    table.add_column("spread", justify="right")
+    table.add_column("floor (this run)", justify="right")
+    table.add_column("budget", justify="right")
+    table.add_column("", justify="center")
+    styles = {"pass": "green", "FAIL": "bold red", "missing": "yellow"}
+    for row in rows:
+        if row.value is None:
+            spread_text = row.note
+        elif row.low == row.high:
+            spread_text = f"single value ({row.spread_kind.split(', ')[-1]})"
+        else:
+            spread_text = f"{_fmt(row.low)}-{_fmt(row.high)} ({row.spread_kind})"
+        floor_text = f"{_fmt(row.floor, row.unit)} {row.floor_note}" if row.floor is not None else "—"
+        verdict = f"[{styles[row.verdict]}]{row.verdict}[/]" if row.verdict in styles else row.verdict
+        figure = row.figure + (f" [dim]({row.note})[/]" if row.note and row.value is not None else "")
+        table.add_row(figure, _fmt(row.value, row.unit), spread_text, floor_text, row.budget, verdict)
+    # Wide enough for the table even when piped, so a CI log shows it whole.
+    Console(width=max(150, Console().width), highlight=False).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benches, print the table, write the JSON; exit 1 if a budgeted figure fails or is missing."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="where to write the results (default: bench/results/<UTC>.json)")
+    parser.add_argument("--quick", action="store_true", help="run each component once")
+    parser.add_argument("--only", action="append", choices=[c.name for c in COMPONENTS],
+                        help="run only this component (repeatable)")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child(args.child, json.loads(args.kwargs), args.out)
+        return 0
+
+    def progress(message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    deadline = started + TOTAL_BUDGET_S
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    progress("floors: 10 MB local pipe, memory copy ...")
+    floors: dict[str, Any] = {
+        "pipe_10mb_s": floor_pipe_10mb(),
+        "memcpy_MBps": floor_memcpy_mbps(),
+    }
+    results: dict[str, ComponentResult] = {}
+    for component in COMPONENTS:
+        if args.only and component.name not in args.only:
+            results[component.name] = ComponentResult(error="not run (--only)")
+            continue
+        if args.quick:
+            component = Component(component.name, component.filename, component.kwargs, 1, component.timeout_s)
+        results[component.name] = run_component(component, deadline, progress)
+        if results[component.name].error:
+            progress(f"{component.name} bench: {results[component.name].error}")
+
+    rows = build_rows(results, floors)
+    total = time.monotonic() - started
+    print_table(rows, f"agentbox bench {stamp} — {os.cpu_count()} cores, {platform.python_version()}, "
+                      f"{total:.0f} s")
+    for name, result in results.items():
+        if result.error:
+            # With earlier runs to show, a failed repeat only narrows the spread; without, rows are missing.
+            print(f"{'incomplete' if result.runs else 'missing'}: {name} bench: {result.error}")
+    path = args.json or RESULTS_DIR / f"{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "timestamp": stamp,
+        "seconds": round(total, 1),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "floors": floors,
+        "components": {name: asdict(result) for name, result in results.items()},
+        "rows": [asdict(row) for row in rows],
+    }, indent=2) + "\n")
+    print(f"results: {path}")
+    failed = [row.figure for row in rows if row.verdict in ("FAIL", "missing") and row.budget != "—"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
