@@ -10,17 +10,19 @@ delegation to the shared builder. Server errors raise the exceptions of :mod:`ag
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import enum
 import functools
+import operator
 import os
 import queue
 import socket
 import tarfile
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
@@ -100,6 +102,7 @@ class _Call:
     params: Mapping[str, str] | None = None
     long: bool = False  # may legitimately run for long: no read timeout unless read_timeout says
     read_timeout: float | None = None
+    finish: Callable[[Any], Any] | None = None  # turns the parsed answer into what the method returns
 
     def content(self) -> bytes | None:
         """The JSON body."""
@@ -111,6 +114,16 @@ class _Call:
             return httpx.Timeout(default, read=self.read_timeout)
         return httpx.Timeout(default)
 
+    def httpx_args(self, default_timeout: float | None, content: Any = None) -> dict[str, Any]:
+        """Keyword arguments of httpx's ``request``/``stream`` (``content``: a streamed body instead of JSON)."""
+        return {
+            "method": self.method,
+            "url": self.path,
+            "content": self.content() if content is None else content,
+            "params": self.params,
+            "timeout": self.timeout(default_timeout),
+        }
+
 
 @functools.cache
 def _adapter(tp: Any) -> TypeAdapter[Any]:
@@ -118,11 +131,14 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
 
 
 def _parse(call: _Call, status: int, content: bytes) -> Any:
-    """The answer of ``call`` as its wire type, or the server's error raised as an agentbox exception."""
+    """The answer of ``call`` as the method returns it, or the server's error raised as an agentbox exception."""
     if status >= 400:
         raise _error_from_response(status, content)
-    if call.result is None:
-        return content
+    value = content if call.result is None else _validate(call, content)
+    return value if call.finish is None else call.finish(value)
+
+
+def _validate(call: _Call, content: bytes) -> Any:
     try:
         return _adapter(call.result).validate_json(content)
     except ValidationError as exc:
@@ -178,9 +194,23 @@ def _q(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
+def _decode(raw: bytes) -> str:
+    return raw.decode(errors="replace")
+
+
 class _Calls:
     """The pure request builders of every action (shared by both clients)."""
 
+    # ---------------------------------------------------------------- health
+    @staticmethod
+    def alive() -> _Call:
+        return _Call("GET", "/alive", Alive)
+
+    @staticmethod
+    def info() -> _Call:
+        return _Call("GET", "/info", ServerInfo)
+
+    # ---------------------------------------------------------------- shell
     @staticmethod
     def run(
         command: str,
@@ -229,9 +259,110 @@ class _Calls:
         )
 
     @staticmethod
-    def edit(op: BaseModel) -> _Call:
-        return _Call("POST", "/files/edit", EditResult, op)
+    def command_output(command_id: str) -> _Call:
+        return _Call("GET", f"/commands/{_q(command_id)}/output", long=True, finish=_decode)
 
+    @staticmethod
+    def create_session(name: str, cwd: str | None, env: Mapping[str, str] | None) -> _Call:
+        return _Call("POST", "/sessions", SessionInfo, _body(SessionCreate, name=name, **_cwd_env(cwd, env)))
+
+    @staticmethod
+    def close_session(name: str) -> _Call:
+        return _Call("DELETE", f"/sessions/{_q(name)}", SessionInfo)
+
+    @staticmethod
+    def list_sessions() -> _Call:
+        return _Call("GET", "/sessions", SessionList, finish=operator.attrgetter("sessions"))
+
+    # ---------------------------------------------------------------- background
+    @staticmethod
+    def start_background(command: str, cwd: str | None, env: Mapping[str, str] | None, session: str) -> _Call:
+        body = _body(BackgroundStart, command=command, session=session, **_cwd_env(cwd, env))
+        return _Call("POST", "/background", BackgroundInfo, body)
+
+    @staticmethod
+    def list_background() -> _Call:
+        return _Call("GET", "/background", BackgroundList, finish=operator.attrgetter("commands"))
+
+    @staticmethod
+    def background_info(bg_id: str) -> _Call:
+        return _Call("GET", f"/background/{_q(bg_id)}", BackgroundInfo)
+
+    @staticmethod
+    def read_background(bg_id: str, offset: int, max_bytes: int) -> _Call:
+        params = {"offset": str(offset), "max_bytes": str(max_bytes)}
+        return _Call("GET", f"/background/{_q(bg_id)}/output", BackgroundOutput, params=params)
+
+    @staticmethod
+    def kill_background(bg_id: str) -> _Call:
+        return _Call("DELETE", f"/background/{_q(bg_id)}", BackgroundInfo)
+
+    # ---------------------------------------------------------------- files
+    @staticmethod
+    def read_file(path: str, start_line: int | None, end_line: int | None, binary: bool, session: str) -> _Call:
+        body = _body(
+            ReadFile,
+            path=path,
+            session=session,
+            encoding="base64" if binary else "text",
+            **_optional(start_line=start_line, end_line=end_line),
+        )
+        return _Call("POST", "/files/read", FileContent, body)
+
+    @staticmethod
+    def write_file(path: str, content: str | bytes, append: bool, mode: int | None, session: str) -> _Call:
+        encoded: dict[str, Any] = (
+            {"content": base64.b64encode(content).decode(), "encoding": "base64"}
+            if isinstance(content, bytes)
+            else {"content": content}
+        )
+        body = _body(WriteFile, path=path, **encoded, append=append, mode=mode, session=session)
+        return _Call("POST", "/files/write", FileWritten, body)
+
+    @staticmethod
+    def list_dir(path: str, include_hidden: bool, session: str) -> _Call:
+        body = _body(ListDir, path=path, include_hidden=include_hidden, session=session)
+        return _Call("POST", "/files/list", DirListing, body)
+
+    @staticmethod
+    def edit(op: BaseModel) -> _Call:
+        return _Call("POST", "/files/edit", EditResult, op, finish=operator.attrgetter("output"))
+
+    @staticmethod
+    def view(path: str, view_range: tuple[int, int] | None, session: str) -> _Call:
+        return _Calls.edit(_body(ViewOp, command="view", path=path, view_range=view_range, session=session))
+
+    @staticmethod
+    def create(path: str, file_text: str, session: str) -> _Call:
+        return _Calls.edit(_body(CreateOp, command="create", path=path, file_text=file_text, session=session))
+
+    @staticmethod
+    def str_replace(path: str, old_str: str, new_str: str, session: str) -> _Call:
+        return _Calls.edit(
+            _body(StrReplaceOp, command="str_replace", path=path, old_str=old_str, new_str=new_str, session=session)
+        )
+
+    @staticmethod
+    def insert(path: str, insert_line: int, new_str: str, session: str) -> _Call:
+        return _Calls.edit(
+            _body(InsertOp, command="insert", path=path, insert_line=insert_line, new_str=new_str, session=session)
+        )
+
+    @staticmethod
+    def undo_edit(path: str, session: str) -> _Call:
+        return _Calls.edit(_body(UndoEditOp, command="undo_edit", path=path, session=session))
+
+    @staticmethod
+    def upload(remote_path: str, session: str, tree: bool) -> _Call:
+        params = {"path": remote_path, "session": session, "format": "tar" if tree else "file"}
+        return _Call("PUT", "/files/upload", UploadResult, params=params, long=True)
+
+    @staticmethod
+    def download(remote_path: str, session: str) -> _Call:
+        params = {"path": remote_path, "session": session, "format": "auto"}
+        return _Call("GET", "/files/download", params=params, long=True)  # no read timeout: any size
+
+    # ---------------------------------------------------------------- python
     @staticmethod
     def run_python(code: str, timeout: float | None) -> _Call:
         return _Call(
@@ -242,6 +373,14 @@ class _Calls:
             long=True,
             read_timeout=None if timeout is None else timeout + _LONG_CALL_MARGIN_S,
         )
+
+    @staticmethod
+    def restart_python() -> _Call:
+        return _Call("POST", "/python/restart", KernelStatus, long=True, read_timeout=120.0)
+
+    @staticmethod
+    def python_status() -> _Call:
+        return _Call("GET", "/python", KernelStatus)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -258,6 +397,10 @@ def _body(model: type[M], **fields: Any) -> M:
 
 def _optional(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _cwd_env(cwd: str | None, env: Mapping[str, str] | None) -> dict[str, Any]:
+    return _optional(cwd=cwd, env=dict(env) if env else None)
 
 
 def _ensure_parent(path: str) -> None:
@@ -389,21 +532,19 @@ class RuntimeClient(_BaseClient):
         except httpx.HTTPError as exc:
             raise _translate_transport(exc, self.base_url) from exc
 
-    def _send(self, call: _Call) -> Any:
+    def _send(self, call: _Call, content: Any = None) -> Any:
         with self._transport():
-            resp = self._http.request(
-                call.method, call.path, content=call.content(), params=call.params, timeout=call.timeout(self.timeout)
-            )
+            resp = self._http.request(**call.httpx_args(self.timeout, content))
         return _parse(call, resp.status_code, resp.content)
 
     # ---------------------------------------------------------------- health
     def alive(self) -> Alive:
         """Liveness probe."""
-        return self._send(_Call("GET", "/alive", Alive))
+        return self._send(_Calls.alive())
 
     def info(self) -> ServerInfo:
         """Uptime, idle time, sessions, resource use."""
-        return self._send(_Call("GET", "/info", ServerInfo))
+        return self._send(_Calls.info())
 
     # ---------------------------------------------------------------- shell
     def run(
@@ -428,12 +569,7 @@ class RuntimeClient(_BaseClient):
     ) -> Iterator[OutputChunk | StreamEnd]:
         """Run ``command``, yielding output chunks as produced, then the result (a StreamEnd)."""
         call = _Calls.run(command, session, timeout, no_output_timeout, None, stream=True)
-        with (
-            self._transport(),
-            self._http.stream(
-                call.method, call.path, content=call.content(), timeout=call.timeout(self.timeout)
-            ) as resp,
-        ):
+        with self._transport(), self._http.stream(**call.httpx_args(self.timeout)) as resp:
             if resp.status_code >= 400:
                 raise _error_from_response(resp.status_code, resp.read())
             parser = _SseParser()
@@ -476,54 +612,42 @@ class RuntimeClient(_BaseClient):
 
     def command_output(self, command_id: str) -> str:
         """The full output of a recent command (also when its result was truncated)."""
-        raw: bytes = self._send(_Call("GET", f"/commands/{_q(command_id)}/output", long=True))
-        return raw.decode(errors="replace")
+        return self._send(_Calls.command_output(command_id))
 
     def create_session(self, name: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None) -> SessionInfo:
         """Create a named shell session."""
-        return self._send(
-            _Call(
-                "POST",
-                "/sessions",
-                SessionInfo,
-                _body(SessionCreate, name=name, **_optional(cwd=cwd, env=dict(env) if env else None)),
-            )
-        )
+        return self._send(_Calls.create_session(name, cwd, env))
 
     def close_session(self, name: str) -> SessionInfo:
         """Close a session and kill its processes."""
-        return self._send(_Call("DELETE", f"/sessions/{_q(name)}", SessionInfo))
+        return self._send(_Calls.close_session(name))
 
     def list_sessions(self) -> list[SessionInfo]:
         """All shell sessions."""
-        return self._send(_Call("GET", "/sessions", SessionList)).sessions
+        return self._send(_Calls.list_sessions())
 
     # ---------------------------------------------------------------- background
     def start_background(
         self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None, session: str = "default"
     ) -> BackgroundInfo:
         """Start a detached command."""
-        body = _body(
-            BackgroundStart, command=command, session=session, **_optional(cwd=cwd, env=dict(env) if env else None)
-        )
-        return self._send(_Call("POST", "/background", BackgroundInfo, body))
+        return self._send(_Calls.start_background(command, cwd, env, session))
 
     def list_background(self) -> list[BackgroundInfo]:
         """All background commands."""
-        return self._send(_Call("GET", "/background", BackgroundList)).commands
+        return self._send(_Calls.list_background())
 
     def background_info(self, bg_id: str) -> BackgroundInfo:
         """One background command."""
-        return self._send(_Call("GET", f"/background/{_q(bg_id)}", BackgroundInfo))
+        return self._send(_Calls.background_info(bg_id))
 
     def read_background(self, bg_id: str, *, offset: int = 0, max_bytes: int = 1_000_000) -> BackgroundOutput:
         """Output of a background command from byte ``offset``."""
-        params = {"offset": str(offset), "max_bytes": str(max_bytes)}
-        return self._send(_Call("GET", f"/background/{_q(bg_id)}/output", BackgroundOutput, params=params))
+        return self._send(_Calls.read_background(bg_id, offset, max_bytes))
 
     def kill_background(self, bg_id: str) -> BackgroundInfo:
         """Kill a background command and everything it started."""
-        return self._send(_Call("DELETE", f"/background/{_q(bg_id)}", BackgroundInfo))
+        return self._send(_Calls.kill_background(bg_id))
 
     # ---------------------------------------------------------------- files
     def read_file(
@@ -536,14 +660,7 @@ class RuntimeClient(_BaseClient):
         session: str = "default",
     ) -> FileContent:
         """Read a text file (optionally lines start..end) or, with binary=True, its bytes as base64."""
-        body = _body(
-            ReadFile,
-            path=path,
-            session=session,
-            encoding="base64" if binary else "text",
-            **_optional(start_line=start_line, end_line=end_line),
-        )
-        return self._send(_Call("POST", "/files/read", FileContent, body))
+        return self._send(_Calls.read_file(path, start_line, end_line, binary, session))
 
     def write_file(
         self,
@@ -555,73 +672,48 @@ class RuntimeClient(_BaseClient):
         session: str = "default",
     ) -> FileWritten:
         """Write text or bytes to a file, creating parent directories."""
-        return self._send(_Call("POST", "/files/write", FileWritten, _write_body(path, content, append, mode, session)))
+        return self._send(_Calls.write_file(path, content, append, mode, session))
 
     def list_dir(self, path: str = ".", *, include_hidden: bool = True, session: str = "default") -> DirListing:
         """List a directory."""
-        body = _body(ListDir, path=path, include_hidden=include_hidden, session=session)
-        return self._send(_Call("POST", "/files/list", DirListing, body))
+        return self._send(_Calls.list_dir(path, include_hidden, session))
 
     def view(self, path: str, *, view_range: tuple[int, int] | None = None, session: str = "default") -> str:
         """A file with line numbers, or a directory two levels deep."""
-        return self._send(
-            _Calls.edit(_body(ViewOp, command="view", path=path, view_range=view_range, session=session))
-        ).output
+        return self._send(_Calls.view(path, view_range, session))
 
     def create(self, path: str, file_text: str, *, session: str = "default") -> str:
         """Create a new file (refuses to overwrite)."""
-        return self._send(
-            _Calls.edit(_body(CreateOp, command="create", path=path, file_text=file_text, session=session))
-        ).output
+        return self._send(_Calls.create(path, file_text, session))
 
     def str_replace(self, path: str, old_str: str, new_str: str = "", *, session: str = "default") -> str:
         """Replace ``old_str`` (which must occur exactly once) by ``new_str``."""
-        return self._send(
-            _Calls.edit(
-                _body(StrReplaceOp, command="str_replace", path=path, old_str=old_str, new_str=new_str, session=session)
-            )
-        ).output
+        return self._send(_Calls.str_replace(path, old_str, new_str, session))
 
     def insert(self, path: str, insert_line: int, new_str: str, *, session: str = "default") -> str:
         """Insert ``new_str`` after line ``insert_line`` (0: at the top)."""
-        return self._send(
-            _Calls.edit(
-                _body(InsertOp, command="insert", path=path, insert_line=insert_line, new_str=new_str, session=session)
-            )
-        ).output
+        return self._send(_Calls.insert(path, insert_line, new_str, session))
 
     def undo_edit(self, path: str, *, session: str = "default") -> str:
         """Undo the last edit of ``path``."""
-        return self._send(_Calls.edit(_body(UndoEditOp, command="undo_edit", path=path, session=session))).output
+        return self._send(_Calls.undo_edit(path, session))
 
     def upload(self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default") -> UploadResult:
         """Upload a local file, or a local directory tree, to ``remote_path`` (streamed)."""
         local = os.fspath(local_path)
         tree = os.path.isdir(local)
-        params = {"path": remote_path, "session": session, "format": "tar" if tree else "file"}
-        call = _Call("PUT", "/files/upload", UploadResult, params=params, long=True)
-        with self._transport():
-            if tree:
-                resp = self._http.request(
-                    "PUT", call.path, params=params, content=_TarProducer(local), timeout=call.timeout(self.timeout)
-                )
-            else:
-                with open(local, "rb") as f:
-                    resp = self._http.request(
-                        "PUT", call.path, params=params, content=_file_chunks(f), timeout=call.timeout(self.timeout)
-                    )
-        return _parse(call, resp.status_code, resp.content)
+        call = _Calls.upload(remote_path, session, tree)
+        self._check_open()  # before opening the source (a closed client fails first)
+        if tree:
+            return self._send(call, _TarProducer(local))
+        with open(local, "rb") as f:
+            return self._send(call, _file_chunks(f))
 
     def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
         """Download a remote file to ``local_path``, or a remote directory into directory ``local_path``."""
         local = os.fspath(local_path)
-        params = {"path": remote_path, "session": session, "format": "auto"}
-        with (
-            self._transport(),
-            self._http.stream(
-                "GET", "/files/download", params=params, timeout=httpx.Timeout(self.timeout, read=None)
-            ) as resp,
-        ):
+        call = _Calls.download(remote_path, session)
+        with self._transport(), self._http.stream(**call.httpx_args(self.timeout)) as resp:
             if resp.status_code >= 400:
                 raise _error_from_response(resp.status_code, resp.read())
             chunks = resp.iter_bytes(_CHUNK)
@@ -638,11 +730,11 @@ class RuntimeClient(_BaseClient):
 
     def restart_python(self) -> KernelStatus:
         """Restart the kernel (its state is lost)."""
-        return self._send(_Call("POST", "/python/restart", KernelStatus, long=True, read_timeout=120.0))
+        return self._send(_Calls.restart_python())
 
     def python_status(self) -> KernelStatus:
         """Whether the kernel runs."""
-        return self._send(_Call("GET", "/python", KernelStatus))
+        return self._send(_Calls.python_status())
 
 
 class AsyncRuntimeClient(_BaseClient):
@@ -678,21 +770,19 @@ class AsyncRuntimeClient(_BaseClient):
         except httpx.HTTPError as exc:
             raise _translate_transport(exc, self.base_url) from exc
 
-    async def _send(self, call: _Call) -> Any:
+    async def _send(self, call: _Call, content: Any = None) -> Any:
         async with self._transport():
-            resp = await self._http.request(
-                call.method, call.path, content=call.content(), params=call.params, timeout=call.timeout(self.timeout)
-            )
+            resp = await self._http.request(**call.httpx_args(self.timeout, content))
         return _parse(call, resp.status_code, resp.content)
 
     # ---------------------------------------------------------------- health
     async def alive(self) -> Alive:
         """Liveness probe."""
-        return await self._send(_Call("GET", "/alive", Alive))
+        return await self._send(_Calls.alive())
 
     async def info(self) -> ServerInfo:
         """Uptime, idle time, sessions, resource use."""
-        return await self._send(_Call("GET", "/info", ServerInfo))
+        return await self._send(_Calls.info())
 
     # ---------------------------------------------------------------- shell
     async def run(
@@ -717,12 +807,7 @@ class AsyncRuntimeClient(_BaseClient):
     ) -> AsyncIterator[OutputChunk | StreamEnd]:
         """Run ``command``, yielding output chunks as produced, then the result (a StreamEnd)."""
         call = _Calls.run(command, session, timeout, no_output_timeout, None, stream=True)
-        async with (
-            self._transport(),
-            self._http.stream(
-                call.method, call.path, content=call.content(), timeout=call.timeout(self.timeout)
-            ) as resp,
-        ):
+        async with self._transport(), self._http.stream(**call.httpx_args(self.timeout)) as resp:
             if resp.status_code >= 400:
                 raise _error_from_response(resp.status_code, await resp.aread())
             parser = _SseParser()
@@ -765,56 +850,44 @@ class AsyncRuntimeClient(_BaseClient):
 
     async def command_output(self, command_id: str) -> str:
         """The full output of a recent command (also when its result was truncated)."""
-        raw: bytes = await self._send(_Call("GET", f"/commands/{_q(command_id)}/output", long=True))
-        return raw.decode(errors="replace")
+        return await self._send(_Calls.command_output(command_id))
 
     async def create_session(
         self, name: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None
     ) -> SessionInfo:
         """Create a named shell session."""
-        return await self._send(
-            _Call(
-                "POST",
-                "/sessions",
-                SessionInfo,
-                _body(SessionCreate, name=name, **_optional(cwd=cwd, env=dict(env) if env else None)),
-            )
-        )
+        return await self._send(_Calls.create_session(name, cwd, env))
 
     async def close_session(self, name: str) -> SessionInfo:
         """Close a session and kill its processes."""
-        return await self._send(_Call("DELETE", f"/sessions/{_q(name)}", SessionInfo))
+        return await self._send(_Calls.close_session(name))
 
     async def list_sessions(self) -> list[SessionInfo]:
         """All shell sessions."""
-        return (await self._send(_Call("GET", "/sessions", SessionList))).sessions
+        return await self._send(_Calls.list_sessions())
 
     # ---------------------------------------------------------------- background
     async def start_background(
         self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None, session: str = "default"
     ) -> BackgroundInfo:
         """Start a detached command."""
-        body = _body(
-            BackgroundStart, command=command, session=session, **_optional(cwd=cwd, env=dict(env) if env else None)
-        )
-        return await self._send(_Call("POST", "/background", BackgroundInfo, body))
+        return await self._send(_Calls.start_background(command, cwd, env, session))
 
     async def list_background(self) -> list[BackgroundInfo]:
         """All background commands."""
-        return (await self._send(_Call("GET", "/background", BackgroundList))).commands
+        return await self._send(_Calls.list_background())
 
     async def background_info(self, bg_id: str) -> BackgroundInfo:
         """One background command."""
-        return await self._send(_Call("GET", f"/background/{_q(bg_id)}", BackgroundInfo))
+        return await self._send(_Calls.background_info(bg_id))
 
     async def read_background(self, bg_id: str, *, offset: int = 0, max_bytes: int = 1_000_000) -> BackgroundOutput:
         """Output of a background command from byte ``offset``."""
-        params = {"offset": str(offset), "max_bytes": str(max_bytes)}
-        return await self._send(_Call("GET", f"/background/{_q(bg_id)}/output", BackgroundOutput, params=params))
+        return await self._send(_Calls.read_background(bg_id, offset, max_bytes))
 
     async def kill_background(self, bg_id: str) -> BackgroundInfo:
         """Kill a background command and everything it started."""
-        return await self._send(_Call("DELETE", f"/background/{_q(bg_id)}", BackgroundInfo))
+        return await self._send(_Calls.kill_background(bg_id))
 
     # ---------------------------------------------------------------- files
     async def read_file(
@@ -827,14 +900,7 @@ class AsyncRuntimeClient(_BaseClient):
         session: str = "default",
     ) -> FileContent:
         """Read a text file (optionally lines start..end) or, with binary=True, its bytes as base64."""
-        body = _body(
-            ReadFile,
-            path=path,
-            session=session,
-            encoding="base64" if binary else "text",
-            **_optional(start_line=start_line, end_line=end_line),
-        )
-        return await self._send(_Call("POST", "/files/read", FileContent, body))
+        return await self._send(_Calls.read_file(path, start_line, end_line, binary, session))
 
     async def write_file(
         self,
@@ -846,65 +912,31 @@ class AsyncRuntimeClient(_BaseClient):
         session: str = "default",
     ) -> FileWritten:
         """Write text or bytes to a file, creating parent directories."""
-        return await self._send(
-            _Call("POST", "/files/write", FileWritten, _write_body(path, content, append, mode, session))
-        )
+        return await self._send(_Calls.write_file(path, content, append, mode, session))
 
     async def list_dir(self, path: str = ".", *, include_hidden: bool = True, session: str = "default") -> DirListing:
         """List a directory."""
-        body = _body(ListDir, path=path, include_hidden=include_hidden, session=session)
-        return await self._send(_Call("POST", "/files/list", DirListing, body))
+        return await self._send(_Calls.list_dir(path, include_hidden, session))
 
     async def view(self, path: str, *, view_range: tuple[int, int] | None = None, session: str = "default") -> str:
         """A file with line numbers, or a directory two levels deep."""
-        return (
-            await self._send(
-                _Calls.edit(_body(ViewOp, command="view", path=path, view_range=view_range, session=session))
-            )
-        ).output
+        return await self._send(_Calls.view(path, view_range, session))
 
     async def create(self, path: str, file_text: str, *, session: str = "default") -> str:
         """Create a new file (refuses to overwrite)."""
-        return (
-            await self._send(
-                _Calls.edit(_body(CreateOp, command="create", path=path, file_text=file_text, session=session))
-            )
-        ).output
+        return await self._send(_Calls.create(path, file_text, session))
 
     async def str_replace(self, path: str, old_str: str, new_str: str = "", *, session: str = "default") -> str:
         """Replace ``old_str`` (which must occur exactly once) by ``new_str``."""
-        return (
-            await self._send(
-                _Calls.edit(
-                    _body(
-                        StrReplaceOp,
-                        command="str_replace",
-                        path=path,
-                        old_str=old_str,
-                        new_str=new_str,
-                        session=session,
-                    )
-                )
-            )
-        ).output
+        return await self._send(_Calls.str_replace(path, old_str, new_str, session))
 
     async def insert(self, path: str, insert_line: int, new_str: str, *, session: str = "default") -> str:
         """Insert ``new_str`` after line ``insert_line`` (0: at the top)."""
-        return (
-            await self._send(
-                _Calls.edit(
-                    _body(
-                        InsertOp, command="insert", path=path, insert_line=insert_line, new_str=new_str, session=session
-                    )
-                )
-            )
-        ).output
+        return await self._send(_Calls.insert(path, insert_line, new_str, session))
 
     async def undo_edit(self, path: str, *, session: str = "default") -> str:
         """Undo the last edit of ``path``."""
-        return (
-            await self._send(_Calls.edit(_body(UndoEditOp, command="undo_edit", path=path, session=session)))
-        ).output
+        return await self._send(_Calls.undo_edit(path, session))
 
     async def upload(
         self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default"
@@ -912,8 +944,7 @@ class AsyncRuntimeClient(_BaseClient):
         """Upload a local file, or a local directory tree, to ``remote_path`` (streamed)."""
         local = os.fspath(local_path)
         tree = os.path.isdir(local)
-        params = {"path": remote_path, "session": session, "format": "tar" if tree else "file"}
-        call = _Call("PUT", "/files/upload", UploadResult, params=params, long=True)
+        call = _Calls.upload(remote_path, session, tree)
         if tree:
             producer = _TarProducer(local)
             source: Iterator[bytes] = iter(producer)
@@ -924,23 +955,14 @@ class AsyncRuntimeClient(_BaseClient):
             while (chunk := await asyncio.to_thread(next, source, None)) is not None:
                 yield chunk
 
-        async with self._transport():
-            resp = await self._http.request(
-                "PUT", call.path, params=params, content=chunks(), timeout=call.timeout(self.timeout)
-            )
-        return _parse(call, resp.status_code, resp.content)
+        return await self._send(call, chunks())
 
     async def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
         """Download a remote file to ``local_path``, or a remote directory into directory ``local_path``."""
         local = os.fspath(local_path)
-        params = {"path": remote_path, "session": session, "format": "auto"}
+        call = _Calls.download(remote_path, session)
         loop = asyncio.get_running_loop()
-        async with (
-            self._transport(),
-            self._http.stream(
-                "GET", "/files/download", params=params, timeout=httpx.Timeout(self.timeout, read=None)
-            ) as resp,
-        ):
+        async with self._transport(), self._http.stream(**call.httpx_args(self.timeout)) as resp:
             if resp.status_code >= 400:
                 raise _error_from_response(resp.status_code, await resp.aread())
             chunks = _async_chunks_in_thread(resp.aiter_bytes(_CHUNK), loop)
@@ -957,27 +979,11 @@ class AsyncRuntimeClient(_BaseClient):
 
     async def restart_python(self) -> KernelStatus:
         """Restart the kernel (its state is lost)."""
-        return await self._send(_Call("POST", "/python/restart", KernelStatus, long=True, read_timeout=120.0))
+        return await self._send(_Calls.restart_python())
 
     async def python_status(self) -> KernelStatus:
         """Whether the kernel runs."""
-        return await self._send(_Call("GET", "/python", KernelStatus))
-
-
-def _write_body(path: str, content: str | bytes, append: bool, mode: int | None, session: str) -> WriteFile:
-    import base64
-
-    if isinstance(content, bytes):
-        return _body(
-            WriteFile,
-            path=path,
-            content=base64.b64encode(content).decode(),
-            encoding="base64",
-            append=append,
-            mode=mode,
-            session=session,
-        )
-    return _body(WriteFile, path=path, content=content, append=append, mode=mode, session=session)
+        return await self._send(_Calls.python_status())
 
 
 def _file_chunks(f: IO[bytes]) -> Iterator[bytes]:
