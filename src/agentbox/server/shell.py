@@ -79,6 +79,8 @@ _SESSION_ENV = {
 }
 
 _READY_TIMEOUT_S = 15.0
+# How long a command waits for the prompt bash prints after a SIGINT (it comes in milliseconds).
+_REPROMPT_WAIT_S = 2.0
 
 
 def _octal(data: bytes) -> str:
@@ -196,6 +198,8 @@ class ShellSession:
         self._bash: _Bash | None = None
         self._command: ShellCommand | None = None
         self._seq = 0
+        # Set while bash itself was sent SIGINT and has not printed its next prompt yet (see _begin).
+        self._reprompt: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.cwd = self._start_cwd
         self.closed = False
@@ -340,6 +344,8 @@ class ShellSession:
         if not bash.ready.done():
             bash.ready.set_result(None)
             return
+        if self._reprompt is not None and not self._reprompt.done():
+            self._reprompt.set_result(None)
         cmd = self._command
         if cmd is not None and seq == str(cmd.seq).encode():
             self._command = None
@@ -384,6 +390,11 @@ class ShellSession:
 
     async def _begin(self, req: RunCommand) -> ShellCommand:
         bash = await self._ready_bash()
+        if self._reprompt is not None:
+            # bash got SIGINT at its prompt (or as a command ended): readline throws away whatever line
+            # it is reading when the signal is handled, so a command written before that would be lost.
+            await asyncio.wait([self._reprompt], timeout=_REPROMPT_WAIT_S)
+            self._reprompt = None
         if self._command is not None:
             cmd = self._command
             raise ConflictError(
@@ -548,7 +559,10 @@ class ShellSession:
             if pgrp > 0 and pgrp != bash.pid:
                 os.killpg(pgrp, sig)
             elif sig == signal.SIGINT:
-                # bash itself runs the job (a builtin, a loop): SIGINT makes it return to the prompt.
+                # bash itself runs the job (a builtin, a loop) or sits at its prompt: SIGINT makes it
+                # print a prompt, which the next command must wait for.
+                if self._reprompt is None or self._reprompt.done():
+                    self._reprompt = asyncio.get_running_loop().create_future()
                 os.kill(bash.pid, sig)
         except ProcessLookupError:
             pass
