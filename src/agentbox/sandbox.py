@@ -365,6 +365,13 @@ class Sandbox:
                 return
             self.remove()
 
+    def detach(self) -> None:
+        """Let go of this handle and leave the sandbox as it is (reattach later with :meth:`connect`)."""
+        with self._lock:
+            if self._state not in (SandboxState.REMOVED, SandboxState.CLOSED):
+                self._close_client()
+                self._state = SandboxState.CLOSED
+
     def __enter__(self) -> Sandbox:
         return self.start()
 
@@ -382,11 +389,15 @@ class Sandbox:
     # -- finding sandboxes ---------------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, sandbox_id: str, *, backend: Backend | None = None) -> Sandbox:
+    def connect(
+        cls, sandbox_id: str, *, backend: Backend | None = None, take_ownership: bool = True
+    ) -> Sandbox:
         """Reattach to a running (or paused, or stopped) sandbox by id, e.g. after this process restarted.
 
-        Needs the state file the starting process wrote (same user, same host); the handle then owns the
-        sandbox (so :func:`reap` spares it while this process lives).
+        Needs the state file the starting process wrote (same user, same host). With ``take_ownership``
+        (the default) the handle then owns the sandbox: :func:`reap` spares it while this process lives,
+        and close() removes it unless it is keep-alive. Tools that only act on someone else's sandbox
+        (``agentbox exec``) pass False and let go with :meth:`detach`.
         """
         backend = backend or default_backend()
         info = backend.find(sandbox_id)
@@ -405,9 +416,10 @@ class Sandbox:
         sandbox._state = info.state if info.state is not SandboxState.NEW else SandboxState.STOPPED
         if sandbox._state in (SandboxState.RUNNING, SandboxState.PAUSED):
             sandbox._endpoint = backend.endpoint(info.container_id)
-        record.owner_pid = os.getpid()
-        record.owner_host = socket.gethostname()
-        store.save(record)
+        if take_ownership:
+            record.owner_pid = os.getpid()
+            record.owner_host = socket.gethostname()
+            store.save(record)
         return sandbox
 
     @classmethod
@@ -585,14 +597,22 @@ class AsyncSandbox:
         await self._drop_client()
         await asyncio.to_thread(self._core.close)
 
+    async def detach(self) -> None:
+        """Let go of this handle and leave the sandbox as it is (see :meth:`Sandbox.detach`)."""
+        await self._drop_client()
+        self._core.detach()
+
     async def logs(self, tail: int | None = None) -> str:
         """The container's log."""
         return await asyncio.to_thread(self._core.logs, tail)
 
     @classmethod
-    async def connect(cls, sandbox_id: str, *, backend: Backend | None = None) -> AsyncSandbox:
+    async def connect(
+        cls, sandbox_id: str, *, backend: Backend | None = None, take_ownership: bool = True
+    ) -> AsyncSandbox:
         """Reattach by id (see :meth:`Sandbox.connect`)."""
-        return cls._wrap(await asyncio.to_thread(Sandbox.connect, sandbox_id, backend=backend))
+        core = await asyncio.to_thread(Sandbox.connect, sandbox_id, backend=backend, take_ownership=take_ownership)
+        return cls._wrap(core)
 
     @classmethod
     async def list(cls, all_owners: bool = True, *, backend: Backend | None = None) -> list[SandboxInfo]:

@@ -35,6 +35,22 @@ def test_pause_and_resume_keep_processes_and_shell_state(sandboxes: Callable[...
     assert r.cwd == "/tmp/deep/dir"
 
 
+def test_a_non_owning_handle_detaches_without_removing_or_taking_over(sandboxes: Callable[..., Any]) -> None:
+    sb = sandboxes()  # not keep-alive: its owner's close() would remove it
+    store = sb.backend.store
+    record = store.load(sb.id)
+    record.owner_pid = owner_before = 1  # as if another, still living, process owned it
+    store.save(record)
+    visitor = Sandbox.connect(sb.id, take_ownership=False)
+    assert visitor.run("echo visiting").output.strip() == "visiting"
+    visitor.detach()
+    assert visitor.state is SandboxState.CLOSED
+    with pytest.raises(SandboxError):
+        visitor.run("true")
+    assert sb.run("echo still here").output.strip() == "still here"
+    assert store.load(sb.id).owner_pid == owner_before
+
+
 def test_reattach_by_id_from_a_new_process(sandboxes: Callable[..., Any]) -> None:
     sb = sandboxes()
     sb.run("cd /tmp && export FROM_FIRST=1")

@@ -181,20 +181,19 @@ def command_timeout(resolved: ResolvedConfig) -> float | None:
 
 
 def release(sandbox: Sandbox) -> None:
-    """Let go of a handle from ``Sandbox.connect`` without ending the sandbox.
+    """Let go of a handle from :func:`connect` and leave the sandbox running.
 
-    ``close()`` removes a sandbox that was not started with keep-alive, which a command such as
-    ``agentbox exec`` must never do to someone else's sandbox; the connection itself ends with this process.
+    A command such as ``agentbox exec`` acts on a sandbox someone else owns: it must neither remove it
+    (``close()`` would, for one not started with keep-alive) nor become its owner.
     """
-    if sandbox.config.keep_runtime_alive:
-        sandbox.close()
+    sandbox.detach()
 
 
 def connect(sandbox_id: str) -> Sandbox:
-    """A handle on an existing sandbox; SandboxNotFoundError (exit 1) when there is none."""
+    """A non-owning handle on an existing sandbox; SandboxNotFoundError (exit 1) when there is none."""
     from agentbox.sandbox import Sandbox
 
-    return Sandbox.connect(sandbox_id)
+    return Sandbox.connect(sandbox_id, take_ownership=False)
 
 
 @command("run", rich_help_panel=SANDBOX_PANEL)

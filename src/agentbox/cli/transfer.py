@@ -92,7 +92,7 @@ def cp_cmd(src: str, dest: str) -> None:
     assert sandbox_id is not None
     from agentbox.sandbox import Sandbox
 
-    sandbox = Sandbox.connect(sandbox_id)
+    sandbox = Sandbox.connect(sandbox_id, take_ownership=False)
     try:
         if target.sandbox_id:
             written = copy_in(sandbox, source.path, target.path)
@@ -101,4 +101,4 @@ def cp_cmd(src: str, dest: str) -> None:
             written = copy_out(sandbox, source.path, target.path)
             out.print(f"copied {escape(sandbox_id)}:{escape(source.path)} to {escape(written)}")
     finally:
-        sandbox.close()
+        sandbox.detach()
