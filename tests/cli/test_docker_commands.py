@@ -190,12 +190,14 @@ def test_demo_without_a_tty_succeeds_and_leaves_nothing_behind(cli: Any, tmp_pat
 
 def test_invalid_volume_exits_2_and_creates_no_container(cli: Any, engine: Any) -> None:
     since = int(time.time()) - 1
-    result = cli("run", *LABEL_ARGS, "-v", "/tmp/a:/workspace:rwx", "--", "true")
+    # A label of this call alone: other tests of the run create containers within the same second.
+    case = f"agentbox.test.case={uuid.uuid4().hex}"
+    result = cli("run", *LABEL_ARGS, "--label", case, "-v", "/tmp/a:/workspace:rwx", "--", "true")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "unknown mode 'rwx'" in result.stderr
     events = engine.api.events(
         since=since, until=int(time.time()) + 1, decode=True,
-        filters={"type": "container", "event": "create", "label": f"{RUN_LABEL}={RUN_ID}"},
+        filters={"type": "container", "event": "create", "label": case},
     )
     assert list(events) == []
 
