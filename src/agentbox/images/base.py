@@ -8,6 +8,7 @@ and Node.js from Debian packages, and imports it as :data:`BOOTSTRAP_IMAGE`, whi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,27 +57,76 @@ def _present(client: docker.DockerClient, ref: str) -> bool:
     return True
 
 
-# ref -> (monotonic time, reason) of the last failed pull. Offline, every sandbox start would otherwise
-# ask the registry again, and an unreachable registry can take a connect timeout to say no.
-_failed_pulls: dict[str, tuple[float, str]] = {}
+# A failed pull is remembered for a few minutes, in this process and in a small file for the next ones:
+# offline, every `agentbox run` would otherwise ask the registry again, and an unreachable registry can
+# take a connect timeout to say no.
 PULL_RETRY_SECONDS = 300.0
+_failed_pulls: dict[str, tuple[float, str]] = {}
+
+
+def _failures_file() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "agentbox", "failed-pulls.json")
+
+
+def _recent_failure(ref: str) -> str | None:
+    """The reason ``ref`` could not be pulled, if that was found out less than PULL_RETRY_SECONDS ago."""
+    now = time.time()
+    failed = _failed_pulls.get(ref)
+    if failed is None:
+        try:
+            with open(_failures_file(), encoding="utf-8") as f:
+                stored = json.load(f).get(ref)
+            if isinstance(stored, list) and len(stored) == 2:
+                failed = (float(stored[0]), str(stored[1]))
+        except (OSError, ValueError, AttributeError):
+            failed = None
+    if failed is not None and 0 <= now - failed[0] < PULL_RETRY_SECONDS:
+        return failed[1]
+    return None
+
+
+def _remember_pull(ref: str, reason: str | None) -> None:
+    path = _failures_file()
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    if reason is None:
+        _failed_pulls.pop(ref, None)
+        if data.pop(ref, None) is None:
+            return
+    else:
+        _failed_pulls[ref] = (time.time(), reason)
+        data[ref] = [time.time(), reason]
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only an optimisation: the next process asks the registry again
 
 
 def _pull(client: docker.DockerClient, ref: str, progress: Progress) -> str | None:
     """Pull ``ref``; None on success, else the engine's reason (remembered for a few minutes)."""
     from docker.errors import DockerException
 
-    failed = _failed_pulls.get(ref)
-    if failed is not None and time.monotonic() - failed[0] < PULL_RETRY_SECONDS:
-        return failed[1]
+    failed = _recent_failure(ref)
+    if failed is not None:
+        return failed
     progress(f"pulling {ref} ...")
     try:
         client.images.pull(ref)
     except DockerException as exc:
         reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
-        _failed_pulls[ref] = (time.monotonic(), reason)
+        _remember_pull(ref, reason)
         return reason
-    _failed_pulls.pop(ref, None)
+    _remember_pull(ref, None)
     return None
 
 
