@@ -21,14 +21,18 @@ __all__ = ["docker_client", "engine_available", "translate_errors"]
 FIX_HINT = "run `agentbox doctor --fix` (installs and starts a Docker engine), or start dockerd yourself"
 
 
-def docker_client(timeout: float = 120) -> docker.DockerClient:
-    """A client for the engine named by DOCKER_HOST (default: the local socket), checked with a ping."""
+def docker_client(timeout: float = 120, *, max_pool_size: int = 10) -> docker.DockerClient:
+    """A client for the engine named by DOCKER_HOST (default: the local socket), checked with a ping.
+
+    ``max_pool_size`` bounds the connections kept open: a process that follows many log streams at once
+    (many sandboxes starting concurrently) needs one per stream.
+    """
     from docker.errors import DockerException
 
     import docker
 
     try:
-        client = docker.from_env(timeout=int(timeout))
+        client = docker.from_env(timeout=int(timeout), max_pool_size=max_pool_size)
         client.ping()
     except DockerException as exc:
         raise EngineUnavailableError(f"no Docker engine answers ({_short(exc)}); {FIX_HINT}") from None

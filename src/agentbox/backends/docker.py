@@ -112,6 +112,8 @@ SECRETS_DIR = "agentbox"
 RUNSC_HINT = "run `agentbox doctor --fix --runsc` to install gVisor and register it with dockerd"
 IMAGE_HINT = "run `agentbox doctor --fix` to build the runtime image, or set runtime_container_image to one you have"
 LOG_TAIL = 25
+# Connections kept to the engine: enough for many sandboxes starting at once in one process.
+POOL_SIZE = 64
 
 # Roles of the networks agentbox creates. Shared ones outlive their sandboxes; a "named" network (created
 # because a configured `network` did not exist) goes with its last sandbox.
@@ -356,7 +358,8 @@ class DockerBackend(Backend):
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = docker_client()
+                    # Each start follows its container's log stream on a connection of its own.
+                    self._client = docker_client(max_pool_size=POOL_SIZE)
         return self._client
 
     @property
