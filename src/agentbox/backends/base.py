@@ -41,7 +41,7 @@ class SandboxState(str, enum.Enum):
     REMOVED = "removed"
     """The container and what agentbox created for it are gone."""
     CLOSED = "closed"
-    """The handle was closed but the sandbox was kept alive (``keep_runtime_alive``)."""
+    """The handle let go and left the sandbox as it was (``detach()``, or ``close()`` with keep-alive)."""
 
 
 @dataclass(frozen=True)
