@@ -106,7 +106,7 @@ class ChildReaper:
     """Reaps the server's direct children as they exit, and calls their exit callback on the loop.
 
     Each child gets a pidfd watched by the event loop (Linux 5.3+): readable exactly when the child exits,
-    so nothing polls and no process-wide SIGCHLD handler is needed (uvloop reserves SIGCHLD). Where
+    so nothing polls and no process-wide SIGCHLD handler is needed (uvloop would reserve SIGCHLD). Where
     pidfds are unavailable a thread blocks in ``waitpid`` for that one child instead. ``Popen.poll``
     reaps exactly that pid, so children started by other code (jupyter_client's kernel) are untouched.
     """
