@@ -144,6 +144,7 @@ def ensure_base_image(
     with translate_errors(f"looking up base image {ref}"):
         if _present(client, ref):
             return BaseImage(ref, "local")
+        already_known = _recent_failure(ref) is not None
         reason = _pull(client, ref, progress)
         if reason is None:
             return BaseImage(ref, "pulled", f"pulled {ref}")
@@ -153,7 +154,8 @@ def ensure_base_image(
                 "pull it on a connected machine, or let agentbox bootstrap a Debian base"
             )
         note = f"{ref} cannot be pulled ({reason}); using the locally bootstrapped {BOOTSTRAP_IMAGE}"
-        progress(note)
+        if not already_known:  # said once when found out, not again by every later lookup
+            progress(note)
         if _present(client, BOOTSTRAP_IMAGE):
             return BaseImage(BOOTSTRAP_IMAGE, "bootstrapped", note)
     bootstrap_base_image(client, progress=progress)
