@@ -486,15 +486,29 @@ def _async_chunks_in_thread(chunks: AsyncIterator[bytes], loop: asyncio.Abstract
 class _BaseClient:
     """State and configuration shared by both clients (no I/O)."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float | None = 60.0) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout: float | None = 60.0, uds: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.uds = uds
         self.state = ClientState.OPEN
         self._headers = {API_KEY_HEADER: api_key}
         self._limits = httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0)
+
+    @property
+    def _where(self) -> str:
+        """The server's address for error messages (over a Unix socket the URL's host means nothing)."""
+        return f"unix:{self.uds}" if self.uds is not None else self.base_url
+
+    def _transport_args(self) -> dict[str, Any]:
+        """Keyword arguments of the httpx transport: a Unix socket, or TCP without Nagle."""
+        if self.uds is not None:
+            # A Unix stream socket has no Nagle algorithm (and rejects TCP options): only the path.
+            return {"limits": self._limits, "uds": self.uds}
         # httpcore writes a request's headers and body separately; with Nagle on, the body waits for the
         # server's delayed ACK (~40 ms per call). Every call is latency-bound, so send immediately.
-        self._socket_options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        return {"limits": self._limits, "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]}
 
     def _check_open(self) -> None:
         if self.state is ClientState.CLOSED:
@@ -504,13 +518,17 @@ class _BaseClient:
 class RuntimeClient(_BaseClient):
     """Synchronous client of one runtime server (keeps one keep-alive connection pool)."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float | None = 60.0) -> None:
-        super().__init__(base_url, api_key, timeout=timeout)
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout: float | None = 60.0, uds: str | None = None
+    ) -> None:
+        """``base_url``: the server's URL (with ``uds``, any http URL: only its path part matters);
+        ``uds``: the path of the Unix domain socket the server listens on, instead of TCP."""
+        super().__init__(base_url, api_key, timeout=timeout, uds=uds)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=self._headers,
             timeout=timeout,
-            transport=httpx.HTTPTransport(limits=self._limits, socket_options=self._socket_options),
+            transport=httpx.HTTPTransport(**self._transport_args()),
         )
 
     def __enter__(self) -> RuntimeClient:
@@ -530,7 +548,7 @@ class RuntimeClient(_BaseClient):
         try:
             yield
         except httpx.HTTPError as exc:
-            raise _translate_transport(exc, self.base_url) from exc
+            raise _translate_transport(exc, self._where) from exc
 
     def _send(self, call: _Call, content: Any = None) -> Any:
         with self._transport():
@@ -740,13 +758,17 @@ class RuntimeClient(_BaseClient):
 class AsyncRuntimeClient(_BaseClient):
     """Asynchronous client of one runtime server; the same methods as RuntimeClient, awaitable."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float | None = 60.0) -> None:
-        super().__init__(base_url, api_key, timeout=timeout)
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout: float | None = 60.0, uds: str | None = None
+    ) -> None:
+        """``base_url``: the server's URL (with ``uds``, any http URL: only its path part matters);
+        ``uds``: the path of the Unix domain socket the server listens on, instead of TCP."""
+        super().__init__(base_url, api_key, timeout=timeout, uds=uds)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=self._headers,
             timeout=timeout,
-            transport=httpx.AsyncHTTPTransport(limits=self._limits, socket_options=self._socket_options),
+            transport=httpx.AsyncHTTPTransport(**self._transport_args()),
         )
 
     async def __aenter__(self) -> AsyncRuntimeClient:
@@ -768,7 +790,7 @@ class AsyncRuntimeClient(_BaseClient):
         try:
             yield
         except httpx.HTTPError as exc:
-            raise _translate_transport(exc, self.base_url) from exc
+            raise _translate_transport(exc, self._where) from exc
 
     async def _send(self, call: _Call, content: Any = None) -> Any:
         async with self._transport():

@@ -167,6 +167,12 @@ class Sandbox:
         return self._endpoint.url
 
     @property
+    def uds(self) -> str | None:
+        """Host path of the runtime server's Unix socket (``network="none"``: :attr:`url` is then only
+        a placeholder, every request goes through this socket); None when it is reached over TCP."""
+        return self._endpoint.uds if self._endpoint is not None else None
+
+    @property
     def client(self) -> RuntimeClient:
         """The :class:`~agentbox.client.RuntimeClient` of the runtime server (made on first use)."""
         self._check_usable()
@@ -176,7 +182,7 @@ class Sandbox:
                     from agentbox.client import RuntimeClient
 
                     assert self._key is not None
-                    self._client = RuntimeClient(self.url, self._key, timeout=self.config.timeout)
+                    self._client = RuntimeClient(self.url, self._key, timeout=self.config.timeout, uds=self.uds)
         return self._client
 
     def _check_usable(self) -> None:
@@ -189,7 +195,10 @@ class Sandbox:
         raise SandboxError(f"sandbox {self.id} is {self._state.value}")
 
     def __repr__(self) -> str:
-        return f"<Sandbox {self.id} {self._state.value}{' ' + self._endpoint.url if self._endpoint else ''}>"
+        where = ""
+        if self._endpoint is not None:
+            where = f" unix:{self._endpoint.uds}" if self._endpoint.uds else f" {self._endpoint.url}"
+        return f"<Sandbox {self.id} {self._state.value}{where}>"
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -541,6 +550,11 @@ class AsyncSandbox:
         return self._core.url
 
     @property
+    def uds(self) -> str | None:
+        """Host path of the runtime server's Unix socket (``network="none"``), else None."""
+        return self._core.uds
+
+    @property
     def sync(self) -> Sandbox:
         """The synchronous handle underneath (same sandbox)."""
         return self._core
@@ -553,7 +567,9 @@ class AsyncSandbox:
             from agentbox.client import AsyncRuntimeClient
 
             assert self._core._key is not None
-            self._aclient = AsyncRuntimeClient(self._core.url, self._core._key, timeout=self._core.config.timeout)
+            self._aclient = AsyncRuntimeClient(
+                self._core.url, self._core._key, timeout=self._core.config.timeout, uds=self._core.uds
+            )
         return self._aclient
 
     async def _drop_client(self) -> None:

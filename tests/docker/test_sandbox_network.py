@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +14,7 @@ from typing import Any
 import pytest
 
 from agentbox.backends.docker import LABELS
-from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, SERVER_PORT
+from agentbox.backends.spec import DEFAULT_NETWORK, SERVER_PORT
 from agentbox.errors import NetworkNotFoundError, VolumeSpecError
 
 pytestmark = pytest.mark.docker
@@ -84,20 +89,60 @@ def test_sandboxes_on_the_default_network_cannot_reach_each_other(
     assert probe(a, b_ip, SERVER_PORT).startswith("FAIL")
 
 
-def test_network_none_has_no_route_out(
+def test_network_none_has_no_network_at_all(
     sandboxes: Callable[..., Any], sidecar: Callable[..., Any], unique: Callable[[str], str], docker_client: Any
 ) -> None:
     side = sidecar(unique("web"), "bridge")
     side_ip = side.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    gateway = docker_client.api.inspect_network("bridge")["IPAM"]["Config"][0]["Gateway"]
+    # A service of this machine listening on the bridge address: what an internal network still reached.
+    listener = socket.create_server((gateway, 0))
+    try:
+        sb = sandboxes(network="none")
+        # The first command answers: the host reaches the server over its Unix socket.
+        assert sb.run("echo reachable").output.strip() == "reachable"
+        assert sb.uds is not None and os.path.exists(sb.uds)
+        attrs = docker_client.api.inspect_container(sb.container_id)
+        assert attrs["HostConfig"]["NetworkMode"] == "none"
+        assert set(attrs["NetworkSettings"]["Networks"]) <= {"none"}  # not agentbox-none, nor any other
+        assert attrs["NetworkSettings"]["Ports"] in ({}, None)
+        assert sb.run("ls /sys/class/net").output.split() == ["lo"]
+        ifaces = sb.run("tail -n +3 /proc/net/dev | cut -d: -f1").output.split()
+        assert ifaces == ["lo"]
+        # Nothing but loopback is routed: the host's bridge address, another network on this machine and
+        # any outside address (TEST-NET-1, never routed anywhere) fail with "unreachable", not "refused".
+        port = listener.getsockname()[1]
+        for host, target_port in ((gateway, port), (side_ip, 8080), ("192.0.2.1", 53)):
+            assert probe(sb, host, target_port).startswith("FAIL OSError [Errno 101]"), host
+        assert probe(sb, "127.0.0.1", 1).startswith("FAIL ConnectionRefusedError")  # control: loopback is up
+        resolve = sb.run("getent hosts example.com || echo NORESOLVE")
+        assert "NORESOLVE" in resolve.output
+    finally:
+        listener.close()
+
+
+def test_a_network_none_sandbox_is_reattached_from_a_new_process_and_leaves_nothing(
+    sandboxes: Callable[..., Any], docker_client: Any
+) -> None:
     sb = sandboxes(network="none")
-    other = sandboxes(network="none")
-    assert sb.run("echo reachable").output.strip() == "reachable"  # the host still reaches its server
-    other_ip = ip_on(docker_client, other.container_id, NONE_NETWORK)
-    assert probe(other, other_ip, SERVER_PORT) == "OK"  # control: the probe itself works
-    assert probe(sb, side_ip, 8080).startswith("FAIL")  # another network on this machine
-    assert probe(sb, other_ip, SERVER_PORT).startswith("FAIL")  # another 'none' sandbox
-    resolve = sb.run("getent hosts deb.debian.org || echo NORESOLVE")
-    assert "NORESOLVE" in resolve.output
+    sb.run("export FROM_FIRST=1")
+    socket_dir = os.path.dirname(sb.uds)
+    code = (
+        "import json, sys\n"
+        "from agentbox.sandbox import Sandbox\n"
+        "sb = Sandbox.connect(sys.argv[1], take_ownership=False)\n"
+        "r = sb.run('echo $FROM_FIRST')\n"
+        "print(json.dumps({'out': r.output.split(), 'uds': sb.uds}))\n"
+        "sb.detach()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, sb.id], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"out": ["1"], "uds": sb.uds}
+    sb.close()
+    assert docker_client.api.containers(all=True, filters={"id": sb.container_id}) == []
+    assert not os.path.exists(socket_dir)
 
 
 def test_closing_the_last_sandbox_removes_the_network_agentbox_created(

@@ -6,12 +6,13 @@ import asyncio
 import base64
 import hashlib
 import os
+import stat
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import API_KEY, ServerProcess, start_server, stop_server
+from server_process import API_KEY, ServerProcess, start_server, stop_server
 
 from agentbox.client import AsyncRuntimeClient, RuntimeClient
 from agentbox.errors import (
@@ -75,6 +76,42 @@ def test_transport_errors_become_sandbox_errors() -> None:
     with (
         RuntimeClient("http://127.0.0.1:9", API_KEY, timeout=2) as c,
         pytest.raises(SandboxError, match="cannot connect"),
+    ):
+        c.alive()
+
+
+def test_a_server_on_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "server.sock"
+    (tmp_path / "work").mkdir()
+    srv = start_server(tmp_path / "work", "--uds", str(sock))
+    try:
+        assert srv.url == f"unix:{sock}"  # the ready line names the socket
+        # Created private: the host connects as root or as the server's own uid.
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        with RuntimeClient("http://sandbox", API_KEY, timeout=30, uds=str(sock)) as c:
+            res = c.run("echo over-uds; pwd")
+            assert res.output == f"over-uds\n{tmp_path / 'work'}\n" and res.exit_code == 0
+            with pytest.raises(AuthenticationError):
+                RuntimeClient("http://sandbox", "wrong", timeout=30, uds=str(sock)).run("true")
+
+        async def run_async() -> str:
+            async with AsyncRuntimeClient("http://sandbox", API_KEY, timeout=30, uds=str(sock)) as ac:
+                return (await ac.run("echo async-uds")).output
+
+        assert asyncio.run(run_async()) == "async-uds\n"
+    finally:
+        stop_server(srv)
+    # A socket left by an earlier run (a restarted container) is replaced, not an error.
+    assert sock.exists()
+    srv = start_server(tmp_path / "work", "--uds", str(sock))
+    try:
+        with RuntimeClient("http://sandbox", API_KEY, timeout=30, uds=str(sock)) as c:
+            assert c.alive().status == "ok"
+    finally:
+        stop_server(srv)
+    with (
+        RuntimeClient("http://sandbox", API_KEY, timeout=2, uds=str(tmp_path / "missing.sock")) as c,
+        pytest.raises(SandboxError, match="cannot connect to the runtime server at unix:"),
     ):
         c.alive()
 

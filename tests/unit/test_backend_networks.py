@@ -13,8 +13,9 @@ import pytest
 
 from agentbox.backends import docker as backend
 from agentbox.backends.docker import NetworkRef, resolve_network_name
+from agentbox.backends.spec import ContainerSpec
 from agentbox.backends.state import SandboxRecord, StateStore
-from agentbox.errors import NetworkNotFoundError, SandboxError
+from agentbox.errors import ConfigError, NetworkNotFoundError, SandboxError
 
 
 def net(name: str, project: str | None = None, key: str | None = None) -> NetworkRef:
@@ -125,6 +126,47 @@ def test_endpoint_of_an_internal_network_sandbox_is_its_address() -> None:
     b._manager_checked = True
     placement = backend._Placement("agentbox-none", [], {"agentbox-none": "172.21.0.3"}, 49983)
     assert b._endpoint(placement).url == "http://172.21.0.3:49983"
+
+
+def test_endpoint_of_a_network_less_sandbox_is_its_socket() -> None:
+    b = backend.DockerBackend(client=object())  # type: ignore[arg-type]
+    b._manager_checked = True
+    placement = backend._Placement("none", [], {}, 49983, socket_dir="/run/agentbox/sockets/abc123")
+    ep = b._endpoint(placement)
+    assert (ep.url, ep.via, ep.uds) == ("http://sandbox", "unix", "/run/agentbox/sockets/abc123/server.sock")
+
+
+def _none_spec(**kwargs: object) -> ContainerSpec:
+    from agentbox.backends.spec import spec_from_config
+    from agentbox.config import SandboxConfig
+
+    config = SandboxConfig(network="none", user_id=os.geteuid(), **kwargs)  # type: ignore[arg-type]
+    return spec_from_config(config, image="img", sandbox_id="abc123", labels={backend.LABELS.SANDBOX: "abc123"})
+
+
+def test_network_none_on_the_host_gets_a_private_socket_directory(tmp_path: Path) -> None:
+    sockets = tmp_path / "agentbox" / "sockets"
+    b = backend.DockerBackend(client=object(), sockets=sockets)  # type: ignore[arg-type]
+    b._manager_checked = True
+    placed, created = b._place(_none_spec())
+    directory = sockets / "abc123"
+    assert created == [] and placed.network_mode == "none" and placed.networks == () and placed.ports == ()
+    assert placed.socket_dir == str(directory)
+    assert placed.label_map[backend.LABELS.SOCKET_DIR] == str(directory)
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    with pytest.raises(ConfigError, match="additional_networks"):
+        b._place(_none_spec(additional_networks=["side"]))
+    b._remove_socket_dir(str(directory), "abc123")
+    assert not directory.exists()
+
+
+def test_a_socket_directory_is_removed_only_where_agentbox_makes_them(tmp_path: Path) -> None:
+    b = backend.DockerBackend(client=object(), sockets=tmp_path / "agentbox" / "sockets")  # type: ignore[arg-type]
+    victim = tmp_path / "home" / "abc123"
+    victim.mkdir(parents=True)
+    b._remove_socket_dir(str(victim), "abc123")  # a label pointing elsewhere: left alone
+    b._remove_socket_dir(str(tmp_path / "agentbox" / "sockets" / "abc123"), "other1")  # another sandbox's
+    assert victim.exists()
 
 
 def test_env_script_quotes_values() -> None:

@@ -13,12 +13,14 @@ from agentbox.backends.spec import (
     HARDENED_CAP_ADD,
     NONE_NETWORK,
     SERVER_PORT,
+    SOCKET_MOUNT,
     ContainerSpec,
     Limits,
     PortSpec,
     Security,
     spec_from_config,
     to_docker_args,
+    unix_socket_spec,
 )
 from agentbox.config import SandboxConfig
 from agentbox.errors import ConfigError
@@ -137,6 +139,24 @@ def test_network_mode_none_spec() -> None:
     args = to_docker_args(spec)
     assert args["network_mode"] == "none"
     assert "ports" not in args
+
+
+def test_network_none_on_the_host_has_no_network_and_a_socket_directory() -> None:
+    spec = make(SandboxConfig(network="none", user_id=1234, hardened=True))
+    assert spec.user_id == 1234
+    unix = unix_socket_spec(spec, "/run/agentbox/sockets/abc123")
+    args = to_docker_args(unix)
+    assert args["network_mode"] == "none"
+    assert "ports" not in args and "network" not in args
+    assert args["hostname"] == "sandbox-abc123"
+    cmd = args["command"]
+    assert "--host" not in cmd and "--port" not in cmd
+    assert cmd[cmd.index("--uds") + 1] == f"{SOCKET_MOUNT}/server.sock"
+    assert cmd[cmd.index("--uid") + 1] == "1234" and "--hardened" in cmd  # the rest is kept
+    [mount] = [m for m in args["mounts"] if m["Target"] == SOCKET_MOUNT]
+    assert (mount["Source"], mount["Type"], mount["ReadOnly"]) == ("/run/agentbox/sockets/abc123", "bind", False)
+    assert dataclasses.replace(spec, socket_dir=None) == spec  # the input spec is unchanged
+    assert "mounts" not in to_docker_args(spec)  # and a TCP spec mounts no socket directory
 
 
 def test_user_id_and_work_dir_reach_the_entrypoint() -> None:

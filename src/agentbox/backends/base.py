@@ -49,10 +49,13 @@ class Endpoint:
     """How this process reaches a sandbox's runtime server."""
 
     url: str
-    """Base URL of the runtime server, e.g. ``http://127.0.0.1:32768``."""
-    via: Literal["published", "network", "host"]
+    """Base URL of the runtime server, e.g. ``http://127.0.0.1:32768`` (``http://sandbox`` over ``uds``)."""
+    via: Literal["published", "network", "host", "unix"]
     """``published``: a host port Docker published; ``network``: the sandbox's IP on a Docker network
-    shared with this (containerised) process; ``host``: the host network namespace."""
+    shared with this (containerised) process; ``host``: the host network namespace; ``unix``: a Unix
+    socket in a host directory mounted into a sandbox without network (``uds``)."""
+    uds: str | None = None
+    """Host path of the server's Unix domain socket (``via="unix"``); None over TCP."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ class SandboxInfo:
     owner_host: str
     """Host name of the owner process."""
     url: str | None
-    """Runtime server URL from this process, when it is running and reachable."""
+    """Runtime server URL from this process, when it is running and reachable (``unix:PATH`` for a
+    sandbox without network, reached over that socket)."""
     keep_alive: bool = False
     """Started with ``keep_runtime_alive``: kept when its handle closes, and never reaped."""
     labels: Mapping[str, str] = field(default_factory=dict)

@@ -10,9 +10,16 @@ Networks
     * ``network="name"``: that network; if missing (and no single Docker Compose ``<project>_name``
       matches) agentbox creates it, and removes it when the last sandbox on it is removed. Networks
       agentbox did not create are never removed.
-    * ``network="none"``: the shared *internal* network :data:`~agentbox.backends.spec.NONE_NETWORK`
-      (``internal=True``, icc off): no route to the internet, other networks or other sandboxes; the
-      host reaches the server at the sandbox's address on that bridge.
+    * ``network="none"``: Docker's ``network_mode="none"``, only loopback: no route to the internet,
+      the host, other networks or other sandboxes. The server listens on a Unix socket in a per-sandbox
+      host directory (:func:`~agentbox.backends.state.sockets_dir`, label ``agentbox.socket-dir``)
+      bind-mounted at :data:`~agentbox.backends.spec.SOCKET_MOUNT`; the directory goes with the sandbox.
+      A manager running in a container cannot share a host directory with its sandbox: there the
+      sandbox's only network is the manager's internal control network (below), or, for a
+      host-networked manager container, the shared internal network
+      :data:`~agentbox.backends.spec.NONE_NETWORK` (icc off, no route out, but the host's own
+      addresses on that bridge stay reachable). That network is also what a gVisor (``runsc``) sandbox
+      gets: a socket made inside gVisor is not visible on the host.
     * ``use_host_network``: the host's network namespace; the server binds ``runtime_binding_address``
       on a port the kernel picks, read from its ready line.
 
@@ -24,8 +31,8 @@ Reaching the server
     ``agentbox-ctl-<manager>`` and the sandbox is reached at its IP there.
 
 Readiness is event-driven: the container's log stream is followed from right after start until the
-server's ``agentbox-server ready on http://HOST:PORT`` line, the stream's end (the container exited) or
-a deadline.
+server's ``agentbox-server ready on http://HOST:PORT`` (or ``unix:PATH``) line, the stream's end (the
+container exited) or a deadline.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import socket
 import tarfile
 import threading
@@ -45,6 +53,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentbox.backends.base import Backend, Endpoint, SandboxInfo, SandboxState
@@ -52,12 +61,15 @@ from agentbox.backends.spec import (
     DEFAULT_NETWORK,
     NONE_NETWORK,
     SERVER_PORT,
+    SOCKET_NAME,
     ContainerSpec,
     to_docker_args,
+    unix_socket_spec,
 )
-from agentbox.backends.state import StateStore
+from agentbox.backends.state import StateStore, sockets_dir
 from agentbox.engine import docker_client, translate_errors
 from agentbox.errors import (
+    ConfigError,
     EngineError,
     ImageNotFoundError,
     NetworkNotFoundError,
@@ -98,15 +110,23 @@ class LABELS:
     ROLE = "agentbox.role"
     CREATED_FOR = "agentbox.created-for"
     MANAGER = "agentbox.manager"
+    SOCKET_DIR = "agentbox.socket-dir"
 
 
 IDENTITY_LABELS = frozenset(
     {LABELS.SANDBOX, LABELS.OWNER_PID, LABELS.OWNER_HOST, LABELS.CREATED, LABELS.VERSION, LABELS.KEEP_ALIVE,
-     LABELS.SERVER_PORT}
+     LABELS.SERVER_PORT, LABELS.SOCKET_DIR}
 )
+_SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 COMPOSE_NETWORK_LABEL = "com.docker.compose.network"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
-READY = re.compile(rb"agentbox-server ready on http://(\S+):(\d+)")
+READY = re.compile(rb"agentbox-server ready on (?:http://(\S+):(\d+)|unix:\S+)")
+# Base URL of a server reached over a Unix socket: only the path part of a request URL matters there.
+UDS_BASE_URL = "http://sandbox"
+# sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+# Seconds a socket directory without a container is left alone by reap (its sandbox may be being created).
+SOCKET_DIR_GRACE = 60.0
 RUN_DIR = "/run"
 SECRETS_DIR = "agentbox"
 RUNSC_HINT = "run `agentbox doctor --fix --runsc` to install gVisor and register it with dockerd"
@@ -290,6 +310,7 @@ class _Placement:
     published: Sequence[tuple[str, int, int]]  # (host ip, host port, container port)
     addresses: Mapping[str, str]  # network name -> container IP
     server_port: int
+    socket_dir: str | None = None  # host directory of the server's Unix socket (network "none")
 
 
 class _ReadyWatcher:
@@ -340,15 +361,26 @@ class _ReadyWatcher:
 class DockerBackend(Backend):
     """Sandboxes as containers on one Docker engine; one instance (and one client) serves many sandboxes."""
 
-    def __init__(self, client: docker.DockerClient | None = None, *, store: StateStore | None = None) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        store: StateStore | None = None,
+        sockets: Path | None = None,
+    ) -> None:
         self._client = client
         self._owns_client = client is None
         self.store = store or StateStore()
+        #: Parent of the per-sandbox socket directories of network-less sandboxes.
+        self.sockets = sockets or sockets_dir()
         self._lock = threading.RLock()
         self._networks: dict[str, str] = {}  # verified shared network name -> id
         self._images: dict[tuple[str | None, str], str] = {}
         self._manager: _Manager | None = None
         self._manager_checked = False
+        # This process runs in a host-networked container of the engine: it has no manager control
+        # network, and its files are not the engine host's, so no socket directory can be shared.
+        self._in_host_network_container = False
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -427,6 +459,7 @@ class DockerBackend(Backend):
             if attrs.get("Config", {}).get("Hostname") != hostname:
                 continue
             if attrs.get("HostConfig", {}).get("NetworkMode") == "host":
+                self._in_host_network_container = True
                 return None  # loopback is the host's: published ports are reachable as usual
             cid = attrs["Id"]
             return _Manager(container_id=cid, control_network=f"agentbox-ctl-{cid[:12]}")
@@ -523,6 +556,15 @@ class DockerBackend(Backend):
             self._ensure_shared(DEFAULT_NETWORK, ROLE_DEFAULT, icc=False)
             networks.append(DEFAULT_NETWORK)
         elif primary == NONE_NETWORK:
+            # gVisor keeps a socket its sandbox creates inside its own kernel: the host never sees it.
+            if manager is None and not self._in_host_network_container and spec.runtime != "runsc":
+                if extra:
+                    raise ConfigError(
+                        'network="none" runs the sandbox without any network, so additional_networks '
+                        f"({', '.join(extra)}) cannot be joined; drop them or choose a network"
+                    )
+                # No network at all: the server is reached over a Unix socket in a host directory.
+                return self._unix_socket_placement(spec, sandbox_id), []
             if manager is None:
                 self._ensure_shared(NONE_NETWORK, ROLE_NONE, internal=True, icc=False)
                 networks.append(NONE_NETWORK)
@@ -556,6 +598,54 @@ class DockerBackend(Backend):
             labels = tuple(sorted({**spec.label_map, LABELS.MANAGER: manager.container_id}.items()))
         # One network can be named twice (e.g. a Compose match of an additional network): join it once.
         return replace(spec, networks=tuple(dict.fromkeys(networks)), labels=labels), created
+
+    def _unix_socket_placement(self, spec: ContainerSpec, sandbox_id: str) -> ContainerSpec:
+        """``spec`` without a network, its server on a socket in a fresh host directory for ``sandbox_id``."""
+        directory = self._socket_dir(sandbox_id)
+        if len(os.fsencode(directory / SOCKET_NAME)) > MAX_SOCKET_PATH:
+            raise ConfigError(
+                f'network="none" needs a Unix socket path of at most {MAX_SOCKET_PATH} bytes, and '
+                f"{directory / SOCKET_NAME} is longer; set XDG_RUNTIME_DIR (or XDG_STATE_HOME) to a shorter path"
+            )
+        self.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        uid = spec.user_id if spec.user_id is not None else os.geteuid()
+        if uid != os.geteuid():
+            # The server runs as the sandbox uid and must create its socket here. Only root can hand
+            # the directory over; anyone else gets a clear error instead of a server that cannot bind.
+            try:
+                os.chown(directory, uid, -1)
+            except PermissionError:
+                self._remove_socket_dir(str(directory), sandbox_id)
+                raise ConfigError(
+                    f'network="none": the sandbox runs as uid {uid}, which cannot create its server socket in '
+                    f"{directory} (owned by uid {os.geteuid()}); use user_id={os.geteuid()} or run as root"
+                ) from None
+        labels = tuple(sorted({**spec.label_map, LABELS.SOCKET_DIR: str(directory)}.items()))
+        return replace(unix_socket_spec(spec, str(directory)), labels=labels)
+
+    def _socket_dir(self, sandbox_id: str) -> Path:
+        if not _SANDBOX_ID.match(sandbox_id):
+            raise SandboxError(f"invalid sandbox id {sandbox_id!r}")
+        return self.sockets / sandbox_id
+
+    def _remove_socket_dir(self, directory: str | None, sandbox_id: str | None) -> None:
+        """Remove a sandbox's socket directory, named by its label. Only a directory that looks like one
+        agentbox made for that very sandbox (``.../agentbox/sockets/<id>``) is touched: labels can be
+        written by anyone with engine access, and this deletes a tree."""
+        if not directory or not sandbox_id:
+            return
+        path = Path(directory)
+        if not (
+            path.is_absolute() and path.name == sandbox_id and _SANDBOX_ID.match(sandbox_id)
+            and path.parent.name == "sockets" and path.parent.parent.name == "agentbox"
+        ):
+            log.warning("not removing %s: it does not look like the socket directory of sandbox %s", path, sandbox_id)
+            return
+        # The sandbox user could write anything into its socket directory: remove the tree (rmtree does
+        # not follow symlinks).
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(path)
 
     def _ensure_control(self, manager: _Manager) -> None:
         with self._lock:
@@ -628,6 +718,7 @@ class DockerBackend(Backend):
             volumes = self._create_missing_volumes(spec)
         networks: list[str] = []
         container_id: str | None = None
+        placed = spec
         try:
             placed, networks = self._place(spec)
             try:
@@ -650,6 +741,7 @@ class DockerBackend(Backend):
             for name in networks:
                 self._release_network(name)
             self._remove_volumes(volumes)
+            self._remove_socket_dir(placed.socket_dir, placed.label_map.get(LABELS.SANDBOX))
             raise
 
     def _create_container(self, spec: ContainerSpec) -> str:
@@ -700,6 +792,15 @@ class DockerBackend(Backend):
         if kind == "ready":
             match = READY.search(line)
             assert match is not None
+            if match.group(2) is None:  # unix:PATH: the socket's host path comes from the placement
+                endpoint = self._endpoint(_placement_from_inspect(attrs))
+                if endpoint.uds and not os.path.exists(endpoint.uds):
+                    raise SandboxStartError(
+                        f"the runtime server is ready on its Unix socket, but {endpoint.uds} does not exist on "
+                        "this host: the engine does not share this host's files (a remote DOCKER_HOST?); "
+                        'network="none" needs a local engine'
+                    )
+                return endpoint
             return self._endpoint(_placement_from_inspect(attrs), ready_port=int(match.group(2)),
                                   ready_host=match.group(1).decode())
         raise self._start_failure(container_id, timed_out=kind == "timeout", timeout=timeout)
@@ -723,6 +824,8 @@ class DockerBackend(Backend):
 
     def _endpoint(self, placement: _Placement, *, ready_port: int | None = None, ready_host: str | None = None,
                   recorded_url: str | None = None) -> Endpoint:
+        if placement.socket_dir:
+            return Endpoint(UDS_BASE_URL, "unix", uds=os.path.join(placement.socket_dir, SOCKET_NAME))
         if placement.network_mode == "host":
             if ready_port is not None:
                 return Endpoint(_url(ready_host or "127.0.0.1", ready_port), "host")
@@ -774,8 +877,9 @@ class DockerBackend(Backend):
             self.api.stop(container_id, timeout=int(timeout))
 
     def remove(self, container_id: str, *, purge_volumes: bool = False) -> None:
-        """Remove the container, the agentbox-created networks it was the last user of, and (with
-        ``purge_volumes``, used when a start fails) the named volumes agentbox created for it."""
+        """Remove the container, the agentbox-created networks it was the last user of, its socket
+        directory, and (with ``purge_volumes``, used when a start fails) the named volumes agentbox
+        created for it."""
         from docker.errors import NotFound
 
         try:
@@ -783,11 +887,14 @@ class DockerBackend(Backend):
         except NotFound:
             return
         networks = list((attrs.get("NetworkSettings", {}).get("Networks") or {}).keys())
-        sandbox_id = (attrs.get("Config", {}).get("Labels") or {}).get(LABELS.SANDBOX)
+        labels = attrs.get("Config", {}).get("Labels") or {}
+        sandbox_id = labels.get(LABELS.SANDBOX)
         with _engine("removing the sandbox container"), contextlib.suppress(NotFound):
             self.api.remove_container(container_id, force=True, v=True)
         for name in networks:
             self._release_network(name)
+        # After the container: its server can no longer create the socket again meanwhile.
+        self._remove_socket_dir(labels.get(LABELS.SOCKET_DIR), sandbox_id)
         if purge_volumes and sandbox_id:
             with _engine("removing the sandbox's volumes"):
                 found = self.api.volumes(filters={"label": f"{LABELS.CREATED_FOR}={sandbox_id}"})
@@ -811,7 +918,9 @@ class DockerBackend(Backend):
         url = None
         if state is SandboxState.RUNNING or state is SandboxState.PAUSED:
             with contextlib.suppress(SandboxError):
-                url = self._endpoint(_placement_from_summary(summary), recorded_url=record.url if record else None).url
+                ep = self._endpoint(_placement_from_summary(summary), recorded_url=record.url if record else None)
+                # Over a Unix socket the http URL names nothing: show where the socket is.
+                url = f"unix:{ep.uds}" if ep.uds else ep.url
         owner_pid = record.owner_pid if record else _int(labels.get(LABELS.OWNER_PID))
         names = summary.get("Names") or [""]
         return SandboxInfo(
@@ -885,6 +994,7 @@ class DockerBackend(Backend):
         if not dry_run:
             self._reap_records()
             self._reap_control_networks()
+            self._reap_socket_dirs()
         return reaped
 
     def _container_running(self, container_id: str) -> bool:
@@ -910,6 +1020,29 @@ class DockerBackend(Backend):
                     self.api.remove_network(net["Id"])
                     with self._lock:
                         self._networks.pop(net["Name"], None)
+
+    def _reap_socket_dirs(self) -> None:
+        """Remove this user's socket directories whose sandbox no longer exists (e.g. after a crash
+        between create and cleanup, or a container removed with ``docker rm``)."""
+        try:
+            entries = [p for p in self.sockets.iterdir() if p.is_dir() and _SANDBOX_ID.match(p.name)]
+        except OSError:
+            return
+        if not entries:
+            return
+        with _engine("listing sandboxes"):
+            present = {
+                (s.get("Labels") or {}).get(LABELS.SANDBOX)
+                for s in self.api.containers(all=True, filters={"label": LABELS.SANDBOX})
+            }
+        # A directory is made just before its container: a young one may belong to a sandbox being
+        # created right now, whose container the listing above could not show yet.
+        settled = time.time() - SOCKET_DIR_GRACE
+        for path in entries:
+            if path.name not in present:
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime < settled:
+                        self._remove_socket_dir(str(path), path.name)
 
     def _reap_records(self) -> None:
         """Forget state files of sandboxes that no longer exist on this engine."""
@@ -945,6 +1078,7 @@ def _placement_from_inspect(attrs: Mapping[str, Any]) -> _Placement:
         published=published,
         addresses=addresses,
         server_port=_int(labels.get(LABELS.SERVER_PORT)) or SERVER_PORT,
+        socket_dir=labels.get(LABELS.SOCKET_DIR) or None,
     )
 
 
@@ -965,6 +1099,7 @@ def _placement_from_summary(summary: Mapping[str, Any]) -> _Placement:
         published=published,
         addresses=addresses,
         server_port=_int(labels.get(LABELS.SERVER_PORT)) or SERVER_PORT,
+        socket_dir=labels.get(LABELS.SOCKET_DIR) or None,
     )
 
 

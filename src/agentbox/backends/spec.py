@@ -10,7 +10,7 @@ which then ``dataclasses.replace``-s the spec before calling :func:`to_docker_ar
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from agentbox.config import SandboxConfig
@@ -24,12 +24,15 @@ __all__ = [
     "LABEL_PREFIX",
     "NONE_NETWORK",
     "SERVER_PORT",
+    "SOCKET_MOUNT",
+    "SOCKET_NAME",
     "ContainerSpec",
     "Limits",
     "PortSpec",
     "Security",
     "spec_from_config",
     "to_docker_args",
+    "unix_socket_spec",
 ]
 
 LABEL_PREFIX = "agentbox."
@@ -38,9 +41,14 @@ LABEL_PREFIX = "agentbox."
 SERVER_PORT = 49983
 #: The shared, agentbox-managed bridge every sandbox joins by default (inter-container traffic disabled).
 DEFAULT_NETWORK = "agentbox-net"
-#: The shared internal (no route out) network that ``network="none"`` sandboxes join, so the host can
-#: still reach their server. Inter-container traffic disabled there too.
+#: How ``spec_from_config`` names ``network="none"``. On the host the backend turns such a spec into one
+#: without any network (:func:`unix_socket_spec`); a manager running in a container cannot share a host
+#: directory with its sandbox, so there it becomes the manager's internal control network (and, in a
+#: host-networked manager container, this shared internal network, icc off).
 NONE_NETWORK = "agentbox-none"
+#: Where a network-less sandbox's socket directory is mounted, and the server's socket in it.
+SOCKET_MOUNT = "/run/agentbox-sock"
+SOCKET_NAME = "server.sock"
 
 #: Capabilities removed from Docker's default set in default (non-hardened) mode. Package installs with
 #: sudo need CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID/SETGID (apt drops to _apt) and KILL; nothing an
@@ -110,6 +118,8 @@ class ContainerSpec:
     """Published ports (ignored with host networking)."""
     user: str | None = None
     """User the entrypoint starts as (the entrypoint itself switches to the sandbox uid)."""
+    user_id: int | None = None
+    """The sandbox uid the runtime server runs as (it must be able to create its socket in ``socket_dir``)."""
     working_dir: str | None = None
     """Default directory for ``docker exec``."""
     network_mode: Literal["bridge", "host", "none"] = "bridge"
@@ -126,6 +136,9 @@ class ContainerSpec:
     """Capabilities and no-new-privileges."""
     stop_timeout: int = 5
     """Seconds between SIGTERM and SIGKILL on stop."""
+    socket_dir: str | None = None
+    """Host directory bind-mounted at :data:`SOCKET_MOUNT`, where the server creates its Unix socket
+    (``network_mode="none"``); None when the server listens on TCP."""
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -202,6 +215,7 @@ def spec_from_config(
         mounts=mounts,
         ports=ports,
         user="root",
+        user_id=config.user_id,
         working_dir=config.work_dir,
         network_mode=network_mode,
         networks=networks,
@@ -209,6 +223,22 @@ def spec_from_config(
         limits=limits,
         runtime=None if config.runtime == "runc" else config.runtime,
         security=security,
+    )
+
+
+def unix_socket_spec(spec: ContainerSpec, socket_dir: str) -> ContainerSpec:
+    """``spec`` without any network: only loopback, nothing published, and the server on a Unix socket
+    in the host directory ``socket_dir`` (mounted at :data:`SOCKET_MOUNT`) instead of on TCP."""
+    command: list[str] = []
+    args = iter(spec.command)
+    for arg in args:
+        if arg in ("--host", "--port"):
+            next(args, None)  # and its value
+            continue
+        command.append(arg)
+    command += ["--uds", posixpath.join(SOCKET_MOUNT, SOCKET_NAME)]
+    return replace(
+        spec, command=tuple(command), network_mode="none", networks=(), ports=(), socket_dir=socket_dir
     )
 
 
@@ -237,8 +267,11 @@ def to_docker_args(spec: ContainerSpec) -> dict[str, Any]:
         args["user"] = spec.user
     if spec.working_dir:
         args["working_dir"] = spec.working_dir
-    if spec.mounts:
-        args["mounts"] = [_docker_mount(m) for m in spec.mounts]
+    mounts = list(spec.mounts)
+    if spec.socket_dir:
+        mounts.append(Mount(source=spec.socket_dir, target=SOCKET_MOUNT, kind="bind"))
+    if mounts:
+        args["mounts"] = [_docker_mount(m) for m in mounts]
     if spec.network_mode == "host":
         args["network_mode"] = "host"
     else:

@@ -19,7 +19,7 @@ from typing import Any
 
 from agentbox.errors import SandboxError
 
-__all__ = ["SandboxRecord", "StateStore", "state_dir"]
+__all__ = ["SandboxRecord", "StateStore", "sockets_dir", "state_dir"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 
@@ -28,6 +28,20 @@ def state_dir() -> Path:
     """``$XDG_STATE_HOME/agentbox``, or ``~/.local/state/agentbox``."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "agentbox"
+
+
+def sockets_dir() -> Path:
+    """Where network-less sandboxes get their socket directories (``<this>/<sandbox id>``).
+
+    ``/run/agentbox/sockets`` for root, ``$XDG_RUNTIME_DIR/agentbox/sockets`` (a tmpfs, and short: a
+    socket path may not exceed 107 bytes), else ``sockets`` in :func:`state_dir`.
+    """
+    if os.geteuid() == 0:
+        return Path("/run/agentbox/sockets")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "agentbox" / "sockets"
+    return state_dir() / "sockets"
 
 
 @dataclass

@@ -3,16 +3,19 @@
 The session API key comes from a file (``--api-key-file``, optionally deleted after reading, which is how
 the Docker backend hands it over after the container starts) or from the first line of stdin; never from
 the environment or the command line, where ``docker inspect`` and ``ps`` would show it. Once the socket
-accepts connections the server prints exactly one line, ``agentbox-server ready on http://HOST:PORT``.
+accepts connections the server prints exactly one line, ``agentbox-server ready on http://HOST:PORT`` (or
+``agentbox-server ready on unix:PATH`` with ``--uds PATH``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import stat
 import sys
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -30,6 +33,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="agentbox-server", description="The agentbox runtime server.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one")
+    parser.add_argument(
+        "--uds", metavar="PATH", help="listen on this Unix domain socket instead of --host/--port (replaced if present)"
+    )
     parser.add_argument("--work-dir", default="/workspace", help="default working directory (created)")
     key = parser.add_mutually_exclusive_group(required=True)
     key.add_argument("--api-key-file", metavar="PATH", help="read the session API key from this file")
@@ -67,6 +73,25 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _listen_unix(path: str) -> socket.socket:
+    # A socket file left by an earlier run of a restarted container would make bind fail: replace it.
+    # Only a socket is removed, never a file someone put there under that name.
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Created 0600 (umask during bind) so there is no moment at which others may connect; the host
+    # connects as root or as this uid, and every request needs the session key anyway.
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, start the server, and serve until SIGTERM/SIGINT."""
     args = _parse_args(argv)
@@ -84,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"agentbox-server: work dir {work_dir} is missing and cannot be created: {exc}", file=sys.stderr)
         return 2
+    where = args.uds or f"{args.host}:{args.port}"
     try:
-        sock = _listen(args.host, args.port)
+        sock = _listen_unix(args.uds) if args.uds else _listen(args.host, args.port)
     except OSError as exc:
-        print(f"agentbox-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"agentbox-server: cannot listen on {where}: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="agentbox-server %(levelname)s %(name)s: %(message)s")
 
@@ -102,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         api_key=api_key,
         work_dir=work_dir,
         host=args.host,
-        port=sock.getsockname()[1],
+        port=0 if args.uds else sock.getsockname()[1],
         max_output_chars=args.max_output_chars,
     )
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    server = _make_server(create_app(settings), f"{READY_LINE_PREFIX}http://{host}:{settings.port}")
+    if args.uds:
+        ready = f"{READY_LINE_PREFIX}unix:{args.uds}"
+    else:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        ready = f"{READY_LINE_PREFIX}http://{host}:{settings.port}"
+    server = _make_server(create_app(settings), ready)
     if plugins_env is None:  # sandbox processes inherit this environment: leave it as it was
         del os.environ["PYDANTIC_DISABLE_PLUGINS"]
     else:
