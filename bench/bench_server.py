@@ -21,46 +21,15 @@ import subprocess
 import sys
 import tempfile
 import termios
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from agentbox.client import RuntimeClient
-from agentbox.protocol import READY_LINE_PREFIX
+from agentbox.server.local import start_local_server
 
 ITERATIONS = 500
 STARTS = 5
-
-
-def _start(work_dir: str, key: str) -> tuple[subprocess.Popen[str], str, float]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentbox.server", "--port", "0", "--work-dir", work_dir, "--api-key-stdin"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(key + "\n")
-    proc.stdin.close()
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(30)
-    elapsed = time.perf_counter() - t0
-    if not lines or not lines[0].startswith(READY_LINE_PREFIX):
-        proc.kill()
-        raise RuntimeError(f"server did not become ready: {lines!r}")
-    return proc, lines[0].strip()[len(READY_LINE_PREFIX) :], elapsed
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -131,16 +100,18 @@ def run(json_path: str | None = None) -> dict[str, Any]:
         work = os.path.join(tmp, "work")
         startups = []
         for _ in range(STARTS):
-            proc, _url, elapsed = _start(work, key)
-            startups.append(elapsed)
-            _stop(proc)
+            t0 = time.perf_counter()
+            started = start_local_server(work, key)
+            startups.append(time.perf_counter() - t0)
+            started.stop()
         results["startup_to_ready_ms"] = {
             "p50": round(statistics.median(startups) * 1000, 1),
             "min": round(min(startups) * 1000, 1),
             "max": round(max(startups) * 1000, 1),
         }
-        proc, url, _ = _start(work, key)
-        with open(f"/proc/{proc.pid}/statm") as f:
+        server = start_local_server(work, key)
+        url = server.url
+        with open(f"/proc/{server.pid}/statm") as f:
             results["server_rss_start_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6, 1)
         try:
             with RuntimeClient(url, key) as client:
@@ -177,7 +148,7 @@ def run(json_path: str | None = None) -> dict[str, Any]:
                     results[f"download_{size_mb}mb_MBps"] = round(size_mb / down, 1)
                 results["server_rss_mb"] = round((client.info().server.rss_bytes or 0) / 1e6, 1)
         finally:
-            _stop(proc)
+            server.stop()
 
     _print_table(results)
     if json_path:
