@@ -24,7 +24,7 @@ from agentbox.errors import ImageBuildError, ImageNotFoundError
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["BOOTSTRAP_IMAGE", "BaseImage", "bootstrap_base_image", "ensure_base_image"]
+__all__ = ["BOOTSTRAP_IMAGE", "BaseImage", "bootstrap_base_image", "ensure_base_image", "pull_image"]
 
 BOOTSTRAP_IMAGE = "agentbox-base:bookworm"
 BOOTSTRAP_SUITE = "bookworm"
@@ -112,7 +112,7 @@ def _remember_pull(ref: str, reason: str | None) -> None:
         pass  # only an optimisation: the next process asks the registry again
 
 
-def _pull(client: docker.DockerClient, ref: str, progress: Progress) -> str | None:
+def pull_image(client: docker.DockerClient, ref: str, progress: Progress) -> str | None:
     """Pull ``ref``; None on success, else the engine's reason (remembered for a few minutes)."""
     from docker.errors import DockerException
 
@@ -145,7 +145,7 @@ def ensure_base_image(
         if _present(client, ref):
             return BaseImage(ref, "local")
         already_known = _recent_failure(ref) is not None
-        reason = _pull(client, ref, progress)
+        reason = pull_image(client, ref, progress)
         if reason is None:
             return BaseImage(ref, "pulled", f"pulled {ref}")
         if not allow_bootstrap:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agentbox import __version__
 from agentbox.engine import docker_client, translate_errors
 from agentbox.errors import ImageBuildError, ImageNotFoundError
-from agentbox.images.base import ensure_base_image
+from agentbox.images.base import ensure_base_image, pull_image
 from agentbox.images.context import CA_CERT_DIR, make_context
 
 if TYPE_CHECKING:
@@ -278,17 +278,12 @@ def ensure_runtime_image(
                 if _image_or_none(engine, ready) is not None:
                     progress(f"runtime image {ready} (local)")
                     return ready
-            progress(f"pulling runtime image {ready} ...")
-            from docker.errors import DockerException
-
-            try:
-                engine.images.pull(ready)
-            except DockerException as exc:
-                reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:300]
+            reason = pull_image(engine, ready, progress)
+            if reason is not None:
                 raise ImageNotFoundError(
                     f"runtime image {ready} is not present and cannot be pulled ({reason}); pull or load "
                     "it yourself, or unset runtime_container_image to build one from base_container_image"
-                ) from None
+                )
             progress(f"runtime image {ready} (pulled)")
             return ready
         base = ensure_base_image(engine, config.base_container_image, progress=progress)
