@@ -165,11 +165,7 @@ class SandboxConfig(BaseModel):
         if isinstance(value, str):
             return parse_volumes(value)
         if isinstance(value, (list, tuple)):
-            out: list[Mount] = []
-            for item in value:
-                out.extend(parse_volumes([item]) if isinstance(item, str) else [item])
-            # Re-check duplicates over the whole list, whatever the item types were.
-            return parse_volumes([m.spec() if isinstance(m, Mount) else m for m in out])
+            return parse_volumes(value)
         return value
 
     @field_validator("work_dir")
@@ -495,10 +491,7 @@ def resolve_config(
             raise ConfigError(f"unknown setting {key!r}" + (f"; did you mean {hint!r}?" if hint else ""))
         if key == "volumes" and isinstance(value, (str, list, tuple)):
             try:
-                value = parse_volumes(
-                    value if isinstance(value, str) else [v.spec() if isinstance(v, Mount) else v for v in value],
-                    cwd=cwd,
-                )
+                value = parse_volumes(value, cwd=cwd)
             except VolumeSpecError as exc:
                 raise VolumeSpecError(f"argument volumes: {exc}") from None
         values[key] = _check_value(key, value, f"argument {key}")

@@ -127,37 +127,41 @@ def parse_volume(entry: str, *, cwd: str | None = None) -> Mount:
     return Mount(source=source, target=target, read_only=mode == "ro", kind=kind)
 
 
-def parse_volumes(spec: str | Iterable[str] | None, *, cwd: str | None = None) -> list[Mount]:
-    """Parse a comma-separated ``SANDBOX_VOLUMES`` value (or a list of entries) into mounts.
+def parse_volumes(spec: str | Iterable[str | Mount] | None, *, cwd: str | None = None) -> list[Mount]:
+    """Parse a comma-separated ``SANDBOX_VOLUMES`` value (or a list of entries or Mounts) into mounts.
 
     Empty input gives no mounts. Two mounts on one container path are an error; one host path
     mounted at two places (e.g. rw and ro) is fine.
     """
     if spec is None:
         return []
+    entries: list[str | Mount]
     if isinstance(spec, str):
         if not spec.strip():
             return []
-        entries = spec.split(",")
+        entries = list(spec.split(","))
     else:
         entries = list(spec)
     mounts: list[Mount] = []
-    seen: dict[str, str] = {}
     for raw in entries:
+        if isinstance(raw, Mount):  # already parsed (e.g. a SandboxConfig's own mounts passed back in)
+            mounts.append(raw)
+            continue
         if not isinstance(raw, str):
             raise VolumeSpecError(f"volume entries must be strings, got {raw!r}")
         if not raw.strip():
             raise VolumeSpecError(
                 f"empty volume entry in {spec!r}: entries are host:container[:mode] separated by ','"
             )
-        mount = parse_volume(raw, cwd=cwd)
+        mounts.append(parse_volume(raw, cwd=cwd))
+    seen: dict[str, Mount] = {}
+    for mount in mounts:
         if mount.target in seen:
             raise VolumeSpecError(
-                f"two volumes mount on {mount.target!r}: {seen[mount.target]!r} and {raw.strip()!r}; "
+                f"two volumes mount on {mount.target!r}: {seen[mount.target].spec()!r} and {mount.spec()!r}; "
                 "each container path can be mounted once"
             )
-        seen[mount.target] = raw.strip()
-        mounts.append(mount)
+        seen[mount.target] = mount
     return mounts
 
 

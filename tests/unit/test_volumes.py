@@ -129,3 +129,10 @@ def test_spec_like_strings_never_raise_foreign_errors(spec: str) -> None:
         parse_volumes(spec, cwd="/base")
     except AgentboxError as exc:
         assert isinstance(exc, VolumeSpecError)
+
+
+def test_parsed_mounts_pass_through_and_still_clash() -> None:
+    mounts = parse_volumes("/a:/workspace,cache:/c:ro")
+    assert parse_volumes(mounts) == mounts
+    with pytest.raises(VolumeSpecError, match="/workspace"):
+        parse_volumes([*mounts, "/b:/workspace"])
