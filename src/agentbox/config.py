@@ -126,6 +126,11 @@ class SandboxConfig(BaseModel):
         description="Keep the sandbox running when its handle is closed.",
         json_schema_extra=_form("true or false"),
     )
+    backend: Literal["docker"] = Field(
+        "docker",
+        description="Where sandboxes run: docker (one engine, found as the docker CLI finds it).",
+        json_schema_extra=_form("docker"),
+    )
     runtime: Literal["runc", "runsc"] = Field(
         "runc",
         description="OCI runtime: runc, or runsc for gVisor.",

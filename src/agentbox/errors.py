@@ -14,7 +14,8 @@ httpx, OS errors) are translated at the boundary that meets them, so callers cat
     ├── ImageBuildError              building a runtime image failed
     ├── SandboxError                 a sandbox could not be started, found or used
     │   ├── SandboxNotFoundError     no sandbox with that id
-    │   └── SandboxStartError        the container started but its server never answered
+    │   ├── SandboxStartError        the container started but its server never answered
+    │   └── SandboxTimeoutError      no answer from the sandbox in time (also a TimeoutError)
     └── RuntimeServerError           the runtime server answered with an error ``{code, message}``
         ├── AuthenticationError      401/403: missing or wrong session API key
         ├── BadRequestError          400/422: the request was malformed
@@ -22,7 +23,10 @@ httpx, OS errors) are translated at the boundary that meets them, so callers cat
         ├── ConflictError            409: e.g. a command is already running in that session
         ├── FileOperationError       a file or editor operation could not be done
         ├── KernelUnavailableError   the Jupyter kernel packages are absent or the kernel died
-        └── ServerTimeoutError       the action did not finish in its time budget
+        └── ServerTimeoutError       the action did not finish in its time budget (also a TimeoutError)
+
+Every error about one sandbox carries its id in ``sandbox_id`` (None when no sandbox was involved), and the
+error it was translated from as ``__cause__``. ``except TimeoutError`` catches every agentbox timeout.
 
 Errors cross HTTP as ``{"code": ..., "message": ...}``; :data:`ERROR_CODES` is the fixed table that maps a
 wire code to its exception class and HTTP status, used by the server to answer and by the client to raise.
@@ -32,7 +36,29 @@ from __future__ import annotations
 
 
 class AgentboxError(Exception):
-    """Root of every error agentbox raises on purpose."""
+    """Root of every error agentbox raises on purpose.
+
+    ``sandbox_id``: the sandbox the error is about, when there is one (set by the layer that knows it).
+    """
+
+    sandbox_id: str | None = None
+
+    def __init__(self, message: str = "", *, sandbox_id: str | None = None) -> None:
+        super().__init__(message)
+        if sandbox_id is not None:
+            self.sandbox_id = sandbox_id
+
+    def with_sandbox(self, sandbox_id: str | None) -> AgentboxError:
+        """This error, marked as being about ``sandbox_id`` (unless it already names one); returns self."""
+        if self.sandbox_id is None and sandbox_id is not None:
+            self.sandbox_id = sandbox_id
+        return self
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.sandbox_id and self.sandbox_id not in text:
+            return f"sandbox {self.sandbox_id}: {text}"
+        return text
 
 
 class ConfigError(AgentboxError):
@@ -79,14 +105,17 @@ class SandboxStartError(SandboxError):
     """A sandbox container was created but did not become ready."""
 
 
+class SandboxTimeoutError(SandboxError, TimeoutError):
+    """The sandbox (its engine or its server) did not answer in time."""
+
+
 class RuntimeServerError(AgentboxError):
     """The runtime server answered with an error body ``{code, message}``."""
 
     code = "internal"
-    status = 500
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, code: str | None = None, sandbox_id: str | None = None) -> None:
+        super().__init__(message, sandbox_id=sandbox_id)
         self.message = message
         if code is not None:
             self.code = code
@@ -96,49 +125,42 @@ class AuthenticationError(RuntimeServerError):
     """The session API key is missing (401) or wrong (403)."""
 
     code = "unauthorized"
-    status = 401
 
 
 class BadRequestError(RuntimeServerError):
     """The request was malformed; the message says what was wrong."""
 
     code = "bad_request"
-    status = 400
 
 
 class NotFoundError(RuntimeServerError):
     """No such session, file, background command or kernel."""
 
     code = "not_found"
-    status = 404
 
 
 class ConflictError(RuntimeServerError):
     """The target is busy, e.g. a command is still running in that shell session."""
 
     code = "conflict"
-    status = 409
 
 
 class FileOperationError(RuntimeServerError):
     """A file or editor operation could not be done (no match, several matches, nothing to undo...)."""
 
     code = "file_error"
-    status = 400
 
 
 class KernelUnavailableError(RuntimeServerError):
     """Stateful Python is not available: the kernel packages are absent or the kernel died."""
 
     code = "kernel_unavailable"
-    status = 503
 
 
-class ServerTimeoutError(RuntimeServerError):
+class ServerTimeoutError(RuntimeServerError, TimeoutError):
     """The action did not finish within its time budget."""
 
     code = "timeout"
-    status = 504
 
 
 #: wire code -> (exception class, HTTP status). The server answers with these; the client raises them.

@@ -26,14 +26,15 @@ import secrets
 import shlex
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from agentbox import __version__
-from agentbox.backends.base import Backend, Endpoint, SandboxInfo, SandboxState
-from agentbox.backends.docker import IDENTITY_LABELS, LABELS, DockerBackend, default_backend
+from agentbox.backends import get_backend
+from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
+from agentbox.backends.labels import LABELS, check_user_labels
 from agentbox.backends.spec import SERVER_PORT, spec_from_config
 from agentbox.backends.state import SandboxRecord, StateStore
 from agentbox.config import FIELDS, SandboxConfig, resolve_config
@@ -55,9 +56,6 @@ __all__ = ["AsyncSandbox", "Sandbox", "SandboxInfo", "SandboxState", "reap"]
 
 #: Seconds a new sandbox's server gets to report ready (first start of a cold image, gVisor...).
 DEFAULT_START_TIMEOUT = 60.0
-
-Progress = Callable[[str], None]
-
 
 def _new_id() -> str:
     return secrets.token_hex(6)
@@ -105,14 +103,11 @@ class Sandbox:
         unknown = sorted(set(settings) - set(FIELDS))
         if unknown:
             raise ConfigError(f"unknown sandbox setting(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
-        reserved = sorted(k for k in (labels or {}) if k in IDENTITY_LABELS)
-        if reserved:
-            raise ConfigError(f"labels {', '.join(reserved)} are set by agentbox itself")
         self._config_arg = config
         self._config_file = config_file
         self._settings = dict(settings)
         self._config: SandboxConfig | None = None
-        self._labels = dict(labels or {})
+        self._labels = check_user_labels(labels)
         self._backend = backend
         self._start_timeout = start_timeout
         self._allow_docker_socket = allow_docker_socket
@@ -156,7 +151,7 @@ class Sandbox:
     def backend(self) -> Backend:
         """The backend the sandbox runs on (the process-wide Docker backend by default)."""
         if self._backend is None:
-            self._backend = default_backend()
+            self._backend = get_backend(self.config.backend)
         return self._backend
 
     @property
@@ -260,7 +255,7 @@ class Sandbox:
             try:
                 self._container_id = backend.create(spec)
             except ImageNotFoundError:
-                if config.runtime_container_image or not isinstance(backend, DockerBackend):
+                if config.runtime_container_image:
                     raise
                 # The image cached for this process was removed meanwhile: make it again, once.
                 image = backend.resolve_image(config, self._progress, refresh=True)
@@ -305,17 +300,13 @@ class Sandbox:
         self._state = SandboxState.RUNNING
 
     def _store(self) -> StateStore:
-        backend = self.backend
-        return backend.store if isinstance(backend, DockerBackend) else StateStore()
+        return self.backend.store
 
     def _discard(self, *, purge_volumes: bool = False) -> None:
         """Remove the container, what agentbox created for it, and the state file."""
         self._close_client()
         if self._container_id is not None:
-            if isinstance(self.backend, DockerBackend):
-                self.backend.remove(self._container_id, purge_volumes=purge_volumes)
-            else:
-                self.backend.remove(self._container_id)
+            self.backend.remove(self._container_id, purge_volumes=purge_volumes)
         self._store().delete(self.id)
         self._endpoint = None
 
@@ -408,9 +399,9 @@ class Sandbox:
         and close() removes it unless it is keep-alive. Tools that only act on someone else's sandbox
         (``agentbox exec``) pass False and let go with :meth:`detach`.
         """
-        backend = backend or default_backend()
+        backend = backend or get_backend()
         info = backend.find(sandbox_id)
-        store = backend.store if isinstance(backend, DockerBackend) else StateStore()
+        store = backend.store
         record = store.load(info.id)
         if record is None:
             raise SandboxError(
@@ -434,11 +425,10 @@ class Sandbox:
     @classmethod
     def list(cls, all_owners: bool = True, *, backend: Backend | None = None) -> list[SandboxInfo]:
         """Sandboxes on the engine; ``all_owners=False``: only those this user can reattach to from here."""
-        backend = backend or default_backend()
+        backend = backend or get_backend()
         if all_owners:
             return backend.list()
-        store = backend.store if isinstance(backend, DockerBackend) else StateStore()
-        mine = set(store.ids())
+        mine = set(backend.store.ids())
         return [info for info in backend.list(owner_host=socket.gethostname()) if info.id in mine]
 
     # -- acting inside (thin forwards to the runtime client) -----------------------------------------------
@@ -512,7 +502,7 @@ class Sandbox:
 
 def reap(dry_run: bool = False, *, backend: Backend | None = None) -> list[str]:
     """Remove this host's sandboxes whose owner process is gone (not keep-alive ones); returns their ids."""
-    return (backend or default_backend()).reap(dry_run=dry_run)
+    return (backend or get_backend()).reap(dry_run=dry_run)
 
 
 class AsyncSandbox:

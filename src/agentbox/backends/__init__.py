@@ -2,15 +2,47 @@
 the pure function that turns it into engine arguments (:mod:`~agentbox.backends.spec`), and one module
 per engine (:mod:`~agentbox.backends.docker`)."""
 
-from agentbox.backends.base import Backend, Endpoint, SandboxInfo, SandboxState
+from __future__ import annotations
+
+import threading
+
+from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
 from agentbox.backends.spec import ContainerSpec, spec_from_config, to_docker_args
+from agentbox.errors import ConfigError
 
 __all__ = [
+    "BACKENDS",
     "Backend",
     "ContainerSpec",
     "Endpoint",
+    "Progress",
     "SandboxInfo",
     "SandboxState",
+    "get_backend",
     "spec_from_config",
     "to_docker_args",
 ]
+
+#: Every value the ``backend`` configuration key accepts.
+BACKENDS: tuple[str, ...] = ("docker",)
+
+_instances: dict[str, Backend] = {}
+_lock = threading.Lock()
+
+
+def get_backend(name: str = "docker") -> Backend:
+    """The process-wide backend called ``name`` (one engine client, shared network and image caches).
+
+    The one place that maps the ``backend`` configuration key to an implementation.
+    """
+    with _lock:
+        backend = _instances.get(name)
+        if backend is None:
+            if name == "docker":
+                from agentbox.backends.docker import DockerBackend
+
+                backend = DockerBackend()
+            else:
+                raise ConfigError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+            _instances[name] = backend
+        return backend

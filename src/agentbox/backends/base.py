@@ -15,14 +15,21 @@ from __future__ import annotations
 import abc
 import builtins
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from agentbox.backends.spec import ContainerSpec
 
-__all__ = ["Backend", "Endpoint", "SandboxInfo", "SandboxState"]
+if TYPE_CHECKING:
+    from agentbox.backends.state import StateStore
+    from agentbox.config import SandboxConfig
+
+__all__ = ["Backend", "Endpoint", "Progress", "SandboxInfo", "SandboxState"]
+
+#: Receives one human-readable line per step of a long operation (an image build, a pull).
+Progress = Callable[[str], None]
 
 
 class SandboxState(str, enum.Enum):
@@ -88,11 +95,24 @@ class SandboxInfo:
 
 
 class Backend(abc.ABC):
-    """Creates, starts and manages sandbox containers somewhere."""
+    """Creates, starts and manages sandbox containers somewhere.
+
+    Callers (:class:`~agentbox.sandbox.Sandbox`, the control plane) see only this interface; which
+    implementation they get is decided in one place, :func:`agentbox.backends.get_backend`.
+    """
+
+    #: The configuration value that selects this backend (``backend = "docker"``).
+    name: str = ""
+
+    @property
+    @abc.abstractmethod
+    def store(self) -> StateStore:
+        """Where this backend's owners keep the session keys of the sandboxes they started."""
 
     @abc.abstractmethod
-    def resolve_image(self, config: object, progress: object = None) -> str:
-        """The runtime image to run for ``config`` (built if missing)."""
+    def resolve_image(self, config: SandboxConfig, progress: Progress | None = None, *, refresh: bool = False) -> str:
+        """The runtime image to run for ``config``, built if missing and ready wherever sandboxes may be
+        placed. ``refresh``: forget a cached answer (the image was removed meanwhile)."""
 
     @abc.abstractmethod
     def create(self, spec: ContainerSpec) -> str:
@@ -134,8 +154,10 @@ class Backend(abc.ABC):
         """Stop the container (SIGTERM, then SIGKILL after ``timeout``)."""
 
     @abc.abstractmethod
-    def remove(self, container_id: str) -> None:
-        """Remove the container and the agentbox-created resources it was the last user of."""
+    def remove(self, container_id: str, *, purge_volumes: bool = False) -> None:
+        """Remove the container and the agentbox-created resources it was the last user of (idempotent).
+
+        ``purge_volumes``: also the named volumes agentbox created for it (used when a start fails)."""
 
     @abc.abstractmethod
     def logs(self, container_id: str, *, tail: int | None = None) -> str:

@@ -56,7 +56,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentbox.backends.base import Backend, Endpoint, SandboxInfo, SandboxState
+from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
+from agentbox.backends.labels import IDENTITY_LABELS, LABELS
 from agentbox.backends.spec import (
     DEFAULT_NETWORK,
     NONE_NETWORK,
@@ -86,7 +87,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPOSE_NETWORK_LABEL",
-    "LABELS",
     "DockerBackend",
     "NetworkRef",
     "default_backend",
@@ -96,27 +96,6 @@ __all__ = [
 log = logging.getLogger("agentbox.backends.docker")
 
 
-class LABELS:
-    """Label keys agentbox puts on what it creates."""
-
-    SANDBOX = "agentbox.sandbox"
-    OWNER_PID = "agentbox.owner-pid"
-    OWNER_HOST = "agentbox.owner-host"
-    CREATED = "agentbox.created"
-    VERSION = "agentbox.version"
-    KEEP_ALIVE = "agentbox.keep-alive"
-    SERVER_PORT = "agentbox.server-port"
-    MANAGED = "agentbox.managed"
-    ROLE = "agentbox.role"
-    CREATED_FOR = "agentbox.created-for"
-    MANAGER = "agentbox.manager"
-    SOCKET_DIR = "agentbox.socket-dir"
-
-
-IDENTITY_LABELS = frozenset(
-    {LABELS.SANDBOX, LABELS.OWNER_PID, LABELS.OWNER_HOST, LABELS.CREATED, LABELS.VERSION, LABELS.KEEP_ALIVE,
-     LABELS.SERVER_PORT, LABELS.SOCKET_DIR}
-)
 _SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 COMPOSE_NETWORK_LABEL = "com.docker.compose.network"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
@@ -370,7 +349,7 @@ class DockerBackend(Backend):
     ) -> None:
         self._client = client
         self._owns_client = client is None
-        self.store = store or StateStore()
+        self._store = store or StateStore()
         #: Parent of the per-sandbox socket directories of network-less sandboxes.
         self.sockets = sockets or sockets_dir()
         self._lock = threading.RLock()
@@ -382,7 +361,14 @@ class DockerBackend(Backend):
         # network, and its files are not the engine host's, so no socket directory can be shared.
         self._in_host_network_container = False
 
+    name = "docker"
+
     # -- plumbing ------------------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> StateStore:
+        """The state files of the sandboxes this user started."""
+        return self._store
 
     @property
     def client(self) -> docker.DockerClient:
@@ -405,9 +391,11 @@ class DockerBackend(Backend):
             self._client.close()
             self._client = None
 
-    def resolve_image(self, config: object, progress: object = None, *, refresh: bool = False) -> str:
+    def resolve_image(
+        self, config: SandboxConfig, progress: Progress | None = None, *, refresh: bool = False
+    ) -> str:
         """The runtime image for ``config``: its runtime_container_image, else one built on its base."""
-        cfg: SandboxConfig = config  # type: ignore[assignment]
+        cfg = config
         if cfg.runtime_container_image:
             return cfg.runtime_container_image
         key = (cfg.runtime_container_image, cfg.base_container_image)
@@ -1103,14 +1091,10 @@ def _placement_from_summary(summary: Mapping[str, Any]) -> _Placement:
     )
 
 
-_default: DockerBackend | None = None
-_default_lock = threading.Lock()
-
-
 def default_backend() -> DockerBackend:
-    """The process-wide Docker backend (one engine client, shared network and image caches)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = DockerBackend()
-        return _default
+    """The process-wide Docker backend (see :func:`agentbox.backends.get_backend`)."""
+    from agentbox.backends import get_backend
+
+    backend = get_backend("docker")
+    assert isinstance(backend, DockerBackend)
+    return backend
