@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench setup clean
+.PHONY: run test lint bench stress setup clean
 
 # The venv is rebuilt only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ run: setup
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# 20 sandboxes x 100 commands at once: errors, latency under load, leftovers (same table as bench).
+stress: setup
+	$(BIN)/python bench/run.py --only stress
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -57,6 +57,8 @@ COMPONENTS = (
     Component("sandbox", "bench_sandbox.py", {"starts": 10, "concurrent": [10, 50]}, repeats=2, timeout_s=240),
     Component("images", "bench_images.py", repeats=2, timeout_s=240),
 )
+# `make stress` (``--only stress``): not part of the default run, it loads the machine for minutes.
+STRESS = Component("stress", "bench_stress.py", {"sandboxes": 20, "commands": 100}, repeats=1, timeout_s=500)
 
 
 # --------------------------------------------------------------------------------------------- stats
@@ -251,9 +253,11 @@ def floor_memcpy_mbps(size_mb: int = 50) -> float:
 
 def build_rows(results: Mapping[str, ComponentResult], floors: Mapping[str, Any]) -> list[Row]:
     """Every budget figure as a row, from the component results and the floors measured here."""
-    server, sandbox, images = (results[n].runs for n in ("server", "sandbox", "images"))
     why = {n: f"{n} bench {'missing' if results[n].error else 'gave no figure'}" for n in results}
     rows: list[Row] = []
+    if "stress" in results:
+        return stress_rows(results["stress"].runs, why["stress"])
+    server, sandbox, images = (results[n].runs for n in ("server", "sandbox", "images"))
 
     starts = samples(sandbox, "create_to_first_output_s.samples")
     # The sandbox bench times `docker run --rm --entrypoint true` of the very image it starts.
@@ -316,6 +320,21 @@ def build_rows(results: Mapping[str, ComponentResult], floors: Mapping[str, Any]
     return rows
 
 
+def stress_rows(stress: list[dict[str, Any]], why: str) -> list[Row]:
+    """The rows of ``make stress``: errors and leftovers (budget 0), latency under load, start time."""
+    first = stress[0] if stress else {}
+    what = f"{dig(first, 'sandboxes')} sandboxes x {dig(first, 'commands_per_sandbox')} commands" if stress else ""
+    return [
+        make_row(f"stress {what}: errors", "", across(stress, "errors"), budget=("<=", 0.0), missing=why),
+        make_row("stress: command round trip, p50", "ms", across(stress, "command_ms.p50"), missing=why),
+        make_row("stress: command round trip, p99", "ms", across(stress, "command_ms.p99"), missing=why),
+        make_row("stress: all sandboxes started", "s", across(stress, "start_all_s"), missing=why),
+        make_row("stress: all commands done", "s", across(stress, "commands_all_s"), missing=why),
+        make_row("stress: leftovers after removal", "", across(stress, "leftovers"), budget=("<=", 0.0),
+                 missing=why),
+    ]
+
+
 # ------------------------------------------------------------------------------------------- output
 
 
@@ -360,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="where to write the results (default: bench/results/<UTC>.json)")
     parser.add_argument("--quick", action="store_true", help="run each component once")
-    parser.add_argument("--only", action="append", choices=[c.name for c in COMPONENTS],
+    parser.add_argument("--only", action="append", choices=[c.name for c in (*COMPONENTS, STRESS)],
                         help="run only this component (repeatable)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
@@ -382,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         "memcpy_MBps": floor_memcpy_mbps(),
     }
     results: dict[str, ComponentResult] = {}
-    for component in COMPONENTS:
+    components = (STRESS,) if args.only == ["stress"] else COMPONENTS
+    for component in components:
         if args.only and component.name not in args.only:
             results[component.name] = ComponentResult(error="not run (--only)")
             continue
