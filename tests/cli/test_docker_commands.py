@@ -208,10 +208,15 @@ def test_exec_on_an_unknown_id_exits_1(cli: Any) -> None:
     assert result.stderr.strip() == "error: no sandbox 'no-such-sandbox' on this engine (list them with `agentbox ls`)"
 
 
-def test_images_and_reap_speak_json(cli: Any) -> None:
+def test_images_and_reap_speak_json(cli: Any, engine: Any) -> None:
+    from agentbox.config import SandboxConfig
+    from agentbox.images import ensure_runtime_image
+
+    tag = ensure_runtime_image(SandboxConfig(), client=engine)  # at least one to list, whatever ran before
     images = cli("images", "--json")
     assert images.returncode == 0, images.stderr
     listed = json.loads(images.stdout)
+    assert [image for image in listed if tag in image["tags"]], listed
     assert all({"tags", "base", "size", "current"} <= set(image) for image in listed)
     reaped = cli("reap", "--dry-run", "--json")
     assert reaped.returncode == 0, reaped.stderr

@@ -131,9 +131,11 @@ def test_reap_removes_orphans_of_dead_owners_only(
     )
     assert proc.returncode == 0, proc.stderr
     orphan = proc.stdout.strip().splitlines()[-1]
-    assert orphan in reap(dry_run=True)
+    # Only what this test run labelled: other processes' orphans on a shared engine are not ours to remove.
+    assert orphan in reap(dry_run=True, labels=labels)
     assert docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={orphan}"}) != []
-    reaped = reap()
+    assert reap(labels={**labels, "agentbox.test-other": "1"}) == []  # the filter really filters
+    reaped = reap(labels=labels)
     assert orphan in reaped and mine.id not in reaped
     assert docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={orphan}"}) == []
     assert mine.run("echo still").output.strip() == "still"

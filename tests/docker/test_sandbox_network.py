@@ -19,6 +19,18 @@ from agentbox.errors import NetworkNotFoundError, VolumeSpecError
 
 pytestmark = pytest.mark.docker
 
+
+def in_a_container() -> bool:
+    """This process runs in a container of the engine: sandboxes are reached over a control network."""
+    from agentbox.backends.docker import default_backend
+
+    return default_backend().manager() is not None
+
+
+needs_host = pytest.mark.skipif(
+    "in_a_container()", reason="reached over a control network from a container: no host loopback or socket here"
+)
+
 # A TCP connect from inside the sandbox; prints OK or FAIL <reason>. Python is in every runtime image.
 PROBE = (
     "python3 -c \"import socket,sys; s=socket.socket(); s.settimeout(3)\n"
@@ -54,7 +66,8 @@ def test_the_server_port_is_published_on_loopback_only(sandboxes: Callable[..., 
     ports = docker_client.api.inspect_container(sb.container_id)["NetworkSettings"]["Ports"]
     bindings = ports[f"{SERVER_PORT}/tcp"]
     assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
-    assert sb.url == f"http://127.0.0.1:{bindings[0]['HostPort']}"
+    if not in_a_container():  # from a container, the loopback port is out of reach: a control network is used
+        assert sb.url == f"http://127.0.0.1:{bindings[0]['HostPort']}"
     assert all(b["HostIp"] == "127.0.0.1" for bs in ports.values() for b in bs or [])
     assert sb.client.alive().status == "ok"
 
@@ -102,6 +115,7 @@ def test_sandboxes_on_the_default_network_cannot_reach_each_other(
     assert probe(a, b_ip, SERVER_PORT).startswith("FAIL")
 
 
+@needs_host
 def test_network_none_has_no_network_at_all(
     sandboxes: Callable[..., Any], sidecar: Callable[..., Any], unique: Callable[[str], str], docker_client: Any
 ) -> None:
@@ -137,6 +151,7 @@ def test_network_none_has_no_network_at_all(
         listener.close()
 
 
+@needs_host
 def test_a_network_none_sandbox_is_reattached_from_a_new_process_and_leaves_nothing(
     sandboxes: Callable[..., Any], docker_client: Any
 ) -> None:
@@ -243,6 +258,7 @@ def test_compose_prefixed_network_is_resolved_when_unambiguous(
     assert f"proj1_{key}" in str(err.value) and f"proj2_{key}" in str(err.value)
 
 
+@needs_host
 def test_host_network_reads_the_port_from_the_ready_line(sandboxes: Callable[..., Any], docker_client: Any) -> None:
     sb = sandboxes(use_host_network=True)
     assert docker_client.api.inspect_container(sb.container_id)["HostConfig"]["NetworkMode"] == "host"

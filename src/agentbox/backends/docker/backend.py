@@ -329,19 +329,25 @@ class DockerBackend(Backend):
         again: it gets the key and is followed to its next ready line.
         """
         deadline = time.monotonic() + timeout
-        earlier = lifecycle.count_ready_lines(self.logs(container_id)) if restart else 0
-        if files:
-            with engine_errors("handing the session key to the sandbox"):
-                self.api.put_archive(container_id, lifecycle.RUN_DIR, lifecycle.secrets_tar(files))
-        self._start_container(container_id)
-        with engine_errors("following the sandbox's log"):
-            watcher = lifecycle.ReadyWatcher(self.api, container_id, skip=earlier)
-        try:
-            # Read the published port while the server boots: costs no time on the critical path.
-            attrs = self._inspect(container_id)
-            kind, line = watcher.wait(deadline - time.monotonic())
-        finally:
-            watcher.close()
+        # A container restarted behind agentbox's back may still be on its way out (an entrypoint that
+        # found no key exits) when the key arrives: then it is simply started once more.
+        attempts = 2 if restart else 1
+        for attempt in range(attempts):
+            earlier = lifecycle.count_ready_lines(self.logs(container_id)) if restart else 0
+            if files:
+                with engine_errors("handing the session key to the sandbox"):
+                    self.api.put_archive(container_id, lifecycle.RUN_DIR, lifecycle.secrets_tar(files))
+            self._start_container(container_id)
+            with engine_errors("following the sandbox's log"):
+                watcher = lifecycle.ReadyWatcher(self.api, container_id, skip=earlier)
+            try:
+                # Read the published port while the server boots: costs no time on the critical path.
+                attrs = self._inspect(container_id)
+                kind, line = watcher.wait(deadline - time.monotonic())
+            finally:
+                watcher.close()
+            if kind != "ended" or attempt == attempts - 1:
+                break
         if kind == "ready":
             match = lifecycle.READY.search(line)
             assert match is not None
