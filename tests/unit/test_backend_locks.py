@@ -13,6 +13,8 @@ from agentbox.config import SandboxConfig
 from agentbox.errors import ImageBuildError
 
 WAIT = 30  # a bound for a hung test, never a timing assertion
+#: Stands in for the docker client: the fake builds never use it.
+NO_ENGINE: Any = object()
 
 
 class FakeBuilds:
@@ -48,7 +50,7 @@ def _run(target: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 def test_a_slow_build_blocks_neither_other_images_nor_given_ones(builds: FakeBuilds) -> None:
-    backend = DockerBackend(client=object())  # type: ignore[arg-type]
+    backend = DockerBackend(client=NO_ENGINE)
     slow, slow_out = _run(backend.resolve_image, SandboxConfig(base_container_image="slow"))
     assert builds.slow_started.wait(WAIT)
     # While "slow" builds: another base image builds and returns, a given image returns at once.
@@ -61,7 +63,7 @@ def test_a_slow_build_blocks_neither_other_images_nor_given_ones(builds: FakeBui
 
 
 def test_concurrent_creates_needing_the_same_missing_image_wait_for_one_build(builds: FakeBuilds) -> None:
-    backend = DockerBackend(client=object())  # type: ignore[arg-type]
+    backend = DockerBackend(client=NO_ENGINE)
     first, first_out = _run(backend.resolve_image, SandboxConfig(base_container_image="slow"))
     assert builds.slow_started.wait(WAIT)
     waiters = [_run(backend.resolve_image, SandboxConfig(base_container_image="slow")) for _ in range(4)]

@@ -8,6 +8,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,8 +175,12 @@ def test_a_placement_keeps_the_socket_dir_and_a_custom_server_port() -> None:
     )
 
 
+#: Stands in for the docker client: these tests must not reach an engine.
+NO_ENGINE: Any = object()
+
+
 def _backend(sockets: Path) -> DockerBackend:
-    b = DockerBackend(client=object(), sockets=sockets)  # type: ignore[arg-type]
+    b = DockerBackend(client=NO_ENGINE, sockets=sockets)
     b._facts.get("manager", lambda: (None, False))  # as if detected: not in a container
     return b
 
@@ -184,7 +189,7 @@ def _none_spec(**kwargs: object) -> ContainerSpec:
     from agentbox.backends.spec import spec_from_config
     from agentbox.config import SandboxConfig
 
-    config = SandboxConfig(network="none", user_id=os.geteuid(), **kwargs)  # type: ignore[arg-type]
+    config = SandboxConfig(network="none", user_id=os.geteuid(), **kwargs)
     return spec_from_config(config, image="img", sandbox_id="abc123", labels={LABELS.SANDBOX: "abc123"})
 
 

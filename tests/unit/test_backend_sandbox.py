@@ -8,7 +8,7 @@ import pytest
 
 from agentbox.backends.base import SandboxState
 from agentbox.config import SandboxConfig
-from agentbox.errors import ConfigError, NetworkNotFoundError, SandboxError, SandboxTimeoutError
+from agentbox.errors import AgentboxError, ConfigError, NetworkNotFoundError, SandboxError, SandboxTimeoutError
 from agentbox.sandbox import AsyncSandbox, Sandbox
 
 
@@ -91,7 +91,7 @@ class FailingCreateBackend:
     "error",
     [NetworkNotFoundError("network 'x' (additional_networks) does not exist"), SandboxTimeoutError("engine slow")],
 )
-def test_a_failed_start_keeps_the_error_type_and_cause_and_names_the_sandbox(error: Exception) -> None:
+def test_a_failed_start_keeps_the_error_type_and_cause_and_names_the_sandbox(error: AgentboxError) -> None:
     cause = RuntimeError("from the SDK")
     error.__cause__ = cause
     sb = Sandbox(backend=FailingCreateBackend(error), runtime_container_image="img")  # type: ignore[arg-type]
