@@ -40,7 +40,14 @@ from agentbox.backends.labels import LABELS, check_user_labels
 from agentbox.backends.spec import SERVER_PORT, spec_from_config
 from agentbox.backends.state import SandboxRecord, StateStore
 from agentbox.config import FIELDS, SandboxConfig, resolve_config
-from agentbox.errors import AgentboxError, ConfigError, ImageNotFoundError, SandboxError, SandboxNotFoundError
+from agentbox.errors import (
+    AgentboxError,
+    ConfigError,
+    ImageNotFoundError,
+    RuntimeServerError,
+    SandboxError,
+    SandboxNotFoundError,
+)
 
 if TYPE_CHECKING:
     from agentbox.client import AsyncRuntimeClient, RuntimeClient
@@ -163,7 +170,9 @@ class Sandbox:
     def url(self) -> str:
         """Base URL of the runtime server, as reachable from this process."""
         if self._endpoint is None:
-            raise SandboxError(f"sandbox {self.id} is {self._state.value}: it has no server address")
+            raise SandboxError(
+                f"sandbox {self.id} is {self._state.value}: it has no server address", sandbox_id=self.id
+            )
         return self._endpoint.url
 
     @property
@@ -189,10 +198,12 @@ class Sandbox:
         if self._state is SandboxState.RUNNING:
             return
         if self._state is SandboxState.PAUSED:
-            raise SandboxError(f"sandbox {self.id} is paused; call resume() first")
+            raise SandboxError(f"sandbox {self.id} is paused; call resume() first", sandbox_id=self.id)
         if self._state is SandboxState.NEW:
-            raise SandboxError(f"sandbox {self.id} is not started; call start() or use `with Sandbox(...)`")
-        raise SandboxError(f"sandbox {self.id} is {self._state.value}")
+            raise SandboxError(
+                f"sandbox {self.id} is not started; call start() or use `with Sandbox(...)`", sandbox_id=self.id
+            )
+        raise SandboxError(f"sandbox {self.id} is {self._state.value}", sandbox_id=self.id)
 
     def __repr__(self) -> str:
         where = ""
@@ -207,6 +218,25 @@ class Sandbox:
         """Mark every agentbox error raised inside as being about this sandbox (traceback and cause kept)."""
         try:
             yield
+        except AgentboxError as exc:
+            exc.with_sandbox(self.id)
+            raise
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        """Around a call to the runtime server: its errors name this sandbox, and a lost connection makes
+        the handle ask the engine (:meth:`refresh`) instead of staying "running" at a stale address."""
+        try:
+            yield
+        except RuntimeServerError as exc:  # the server answered: it is there
+            exc.with_sandbox(self.id)
+            raise
+        except SandboxError as exc:  # no answer at all (connection refused or lost)
+            exc.with_sandbox(self.id)
+            if self._state is SandboxState.RUNNING:
+                with contextlib.suppress(AgentboxError):  # the call's error is the one to report
+                    self.refresh()
+            raise
         except AgentboxError as exc:
             exc.with_sandbox(self.id)
             raise
@@ -227,7 +257,9 @@ class Sandbox:
                 self._restart()
                 return self
             if self._state is not SandboxState.NEW:
-                raise SandboxError(f"sandbox {self.id} is {self._state.value} and cannot be started")
+                raise SandboxError(
+                    f"sandbox {self.id} is {self._state.value} and cannot be started", sandbox_id=self.id
+                )
             self._state = SandboxState.STARTING
             try:
                 self._create_and_start()
@@ -391,7 +423,7 @@ class Sandbox:
         """Thaw a paused sandbox."""
         with self._lock, self._about():
             if self._state is not SandboxState.PAUSED:
-                raise SandboxError(f"sandbox {self.id} is {self._state.value}, not paused")
+                raise SandboxError(f"sandbox {self.id} is {self._state.value}, not paused", sandbox_id=self.id)
             assert self._container_id is not None
             self.backend.resume(self._container_id)
             self._state = SandboxState.RUNNING
@@ -400,7 +432,7 @@ class Sandbox:
         """Stop the container (its processes end; files stay); start() runs it again."""
         with self._lock, self._about():
             if self._state not in (SandboxState.RUNNING, SandboxState.PAUSED):
-                raise SandboxError(f"sandbox {self.id} is {self._state.value}")
+                raise SandboxError(f"sandbox {self.id} is {self._state.value}", sandbox_id=self.id)
             assert self._container_id is not None
             self._close_client()
             self.backend.stop(self._container_id, timeout=timeout)
@@ -447,7 +479,7 @@ class Sandbox:
     def logs(self, tail: int | None = None) -> str:
         """The container's log (the runtime server's own output), the last ``tail`` lines if given."""
         if self._container_id is None:
-            raise SandboxError(f"sandbox {self.id} has no container")
+            raise SandboxError(f"sandbox {self.id} has no container", sandbox_id=self.id)
         with self._about():
             return self.backend.logs(self._container_id, tail=tail)
 
