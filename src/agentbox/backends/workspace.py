@@ -4,6 +4,11 @@ A workspace owned by another uid (a root-owned checkout with ``user_id=1000``, o
 otherwise shows up as ``Permission denied`` on the agent's first write, long after start, with no hint
 why. agentbox never chowns a user's tree to fix it: it says who owns the folder, its mode, and the two
 fixes. Read-only mounts are left alone (not writing is what they are for).
+
+The backend refuses an unwritable *workspace* (the mount at ``work_dir``: every agent writes there) with
+a ConfigError before anything is created, and only warns about other read-write mounts (``rw`` is the
+default mode, so many are mounted to be read). It judges only where host uids are sandbox uids: a local
+engine without user-namespace remapping or rootless mode.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ from agentbox.errors import (
     SandboxNotFoundError,
     SandboxStartError,
 )
+from agentbox.volumes import workspace_mount
 
 if TYPE_CHECKING:
     import docker
@@ -278,11 +279,12 @@ class DockerBackend(Backend):
         if not binds or not self._local_uids():
             return
         root_bypasses = "ALL" not in spec.security.cap_drop
+        workspace = workspace_mount(binds, spec.working_dir or "/workspace")
         for mount in binds:
             reason = unwritable_reason(mount, uid, root_bypasses=root_bypasses)
             if reason is None:
                 continue
-            if mount.target == spec.working_dir:
+            if mount == workspace:
                 raise ConfigError(f"the workspace is not writable: {reason}")
             warnings.warn(reason, stacklevel=4)
             log.warning(reason)
