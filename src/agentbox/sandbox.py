@@ -43,6 +43,7 @@ from agentbox.config import FIELDS, SandboxConfig, resolve_config
 from agentbox.errors import (
     AgentboxError,
     ConfigError,
+    EngineUnavailableError,
     ImageNotFoundError,
     RuntimeServerError,
     SandboxError,
@@ -224,21 +225,33 @@ class Sandbox:
 
     @contextlib.contextmanager
     def _calling(self) -> Iterator[None]:
-        """Around a call to the runtime server: its errors name this sandbox, and a lost connection makes
-        the handle ask the engine (:meth:`refresh`) instead of staying "running" at a stale address."""
+        """Around a call to the runtime server: its errors name this sandbox, and when the server did not
+        answer (a lost connection) or failed as a whole (HTTP 500), the handle asks the engine
+        (:meth:`refresh`) instead of staying "running" at a stale address. If the sandbox stopped, or
+        the engine itself went away (dockerd restarting), the error says so; :meth:`start` recovers."""
         try:
             yield
-        except RuntimeServerError as exc:  # the server answered: it is there
-            exc.with_sandbox(self.id)
-            raise
-        except SandboxError as exc:  # no answer at all (connection refused or lost)
-            exc.with_sandbox(self.id)
-            if self._state is SandboxState.RUNNING:
-                with contextlib.suppress(AgentboxError):  # the call's error is the one to report
-                    self.refresh()
-            raise
         except AgentboxError as exc:
             exc.with_sandbox(self.id)
+            lost = type(exc) is SandboxError or (isinstance(exc, RuntimeServerError) and exc.code == "internal")
+            if not lost or self._state is not SandboxState.RUNNING:
+                raise
+            try:
+                state = self.refresh()
+            except EngineUnavailableError as engine_gone:
+                raise SandboxError(
+                    f"the call failed ({exc}) and the Docker engine does not answer ({engine_gone}); once it is "
+                    "back, start() recovers the sandbox",
+                    sandbox_id=self.id,
+                ) from exc
+            except AgentboxError:
+                raise exc from exc.__cause__
+            if state is not SandboxState.RUNNING:
+                raise SandboxError(
+                    f"the sandbox is {state.value}: it stopped or restarted during the call ({exc}); "
+                    "start() recovers it",
+                    sandbox_id=self.id,
+                ) from exc
             raise
 
     def start(self) -> Sandbox:

@@ -42,6 +42,20 @@ def test_a_killed_server_is_noticed_and_start_recovers_it(sandboxes: Callable[..
     assert sb.run("cat /workspace/kept.txt").output.strip() == "kept"
 
 
+def test_a_call_that_loses_its_server_says_the_sandbox_stopped(
+    sandboxes: Callable[..., Any], docker_client: Any
+) -> None:
+    # Sandbox._calling is the guard the runtime forwards (run, read_file...) go through.
+    sb = sandboxes()
+    _kill_everything_but_init(docker_client, sb.container_id)
+    with pytest.raises(SandboxError, match="stopped") as err, sb._calling():
+        sb.client.run("true")
+    assert err.value.sandbox_id == sb.id and err.value.__cause__ is not None
+    assert sb.state is SandboxState.STOPPED  # noticed: no stale "running" at the old address
+    sb.start()
+    assert sb.run("echo back").output.strip() == "back"
+
+
 def test_start_on_a_stale_running_handle_recovers_without_refresh(
     sandboxes: Callable[..., Any], docker_client: Any
 ) -> None:
