@@ -21,12 +21,14 @@ worker thread, runtime calls go through :class:`~agentbox.client.AsyncRuntimeCli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shlex
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -38,7 +40,15 @@ from agentbox.backends.labels import LABELS, check_user_labels
 from agentbox.backends.spec import SERVER_PORT, spec_from_config
 from agentbox.backends.state import SandboxRecord, StateStore
 from agentbox.config import FIELDS, SandboxConfig, resolve_config
-from agentbox.errors import AgentboxError, ConfigError, ImageNotFoundError, RuntimeServerError, SandboxError
+from agentbox.errors import (
+    AgentboxError,
+    ConfigError,
+    EngineUnavailableError,
+    ImageNotFoundError,
+    RuntimeServerError,
+    SandboxError,
+    SandboxNotFoundError,
+)
 
 if TYPE_CHECKING:
     from agentbox.client import AsyncRuntimeClient, RuntimeClient
@@ -56,6 +66,9 @@ __all__ = ["AsyncSandbox", "Sandbox", "SandboxInfo", "SandboxState", "reap"]
 
 #: Seconds a new sandbox's server gets to report ready (first start of a cold image, gVisor...).
 DEFAULT_START_TIMEOUT = 60.0
+#: Seconds a liveness probe of a possibly stale server may take (refresh, reconnect).
+PROBE_TIMEOUT = 5.0
+
 
 def _new_id() -> str:
     return secrets.token_hex(6)
@@ -158,7 +171,9 @@ class Sandbox:
     def url(self) -> str:
         """Base URL of the runtime server, as reachable from this process."""
         if self._endpoint is None:
-            raise SandboxError(f"sandbox {self.id} is {self._state.value}: it has no server address")
+            raise SandboxError(
+                f"sandbox {self.id} is {self._state.value}: it has no server address", sandbox_id=self.id
+            )
         return self._endpoint.url
 
     @property
@@ -184,10 +199,12 @@ class Sandbox:
         if self._state is SandboxState.RUNNING:
             return
         if self._state is SandboxState.PAUSED:
-            raise SandboxError(f"sandbox {self.id} is paused; call resume() first")
+            raise SandboxError(f"sandbox {self.id} is paused; call resume() first", sandbox_id=self.id)
         if self._state is SandboxState.NEW:
-            raise SandboxError(f"sandbox {self.id} is not started; call start() or use `with Sandbox(...)`")
-        raise SandboxError(f"sandbox {self.id} is {self._state.value}")
+            raise SandboxError(
+                f"sandbox {self.id} is not started; call start() or use `with Sandbox(...)`", sandbox_id=self.id
+            )
+        raise SandboxError(f"sandbox {self.id} is {self._state.value}", sandbox_id=self.id)
 
     def __repr__(self) -> str:
         where = ""
@@ -197,19 +214,65 @@ class Sandbox:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _about(self) -> Iterator[None]:
+        """Mark every agentbox error raised inside as being about this sandbox (traceback and cause kept)."""
+        try:
+            yield
+        except AgentboxError as exc:
+            exc.with_sandbox(self.id)
+            raise
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        """Around a call to the runtime server: its errors name this sandbox, and when the server did not
+        answer (a lost connection) or failed as a whole (HTTP 500), the handle asks the engine
+        (:meth:`refresh`) instead of staying "running" at a stale address. If the sandbox stopped, or
+        the engine itself went away (dockerd restarting), the error says so; :meth:`start` recovers."""
+        try:
+            yield
+        except AgentboxError as exc:
+            exc.with_sandbox(self.id)
+            lost = type(exc) is SandboxError or (isinstance(exc, RuntimeServerError) and exc.code == "internal")
+            if not lost or self._state is not SandboxState.RUNNING:
+                raise
+            try:
+                state = self.refresh()
+            except EngineUnavailableError as engine_gone:
+                raise SandboxError(
+                    f"the call failed ({exc}) and the Docker engine does not answer ({engine_gone}); once it is "
+                    "back, start() recovers the sandbox",
+                    sandbox_id=self.id,
+                ) from exc
+            except AgentboxError:
+                raise exc from exc.__cause__
+            if state is not SandboxState.RUNNING:
+                raise SandboxError(
+                    f"the sandbox is {state.value}: it stopped or restarted during the call ({exc}); "
+                    "start() recovers it",
+                    sandbox_id=self.id,
+                ) from exc
+            raise
+
     def start(self) -> Sandbox:
         """Create and start the sandbox and wait for its server (or restart a stopped one); returns self.
 
-        On failure everything created for it is removed and the error says what failed.
+        On a handle that was running, the engine is asked first (:meth:`refresh`): a sandbox whose server
+        went away (killed, container restarted, dockerd restarted) is started again and gets its key anew.
+        On failure of a first start everything created for it is removed and the error says what failed.
         """
-        with self._lock:
+        with self._lock, self._about():
             if self._state is SandboxState.RUNNING:
-                return self
+                self.refresh()
+                if self._state is SandboxState.RUNNING:
+                    return self
             if self._state is SandboxState.STOPPED:
                 self._restart()
                 return self
             if self._state is not SandboxState.NEW:
-                raise SandboxError(f"sandbox {self.id} is {self._state.value} and cannot be started")
+                raise SandboxError(
+                    f"sandbox {self.id} is {self._state.value} and cannot be started", sandbox_id=self.id
+                )
             self._state = SandboxState.STARTING
             try:
                 self._create_and_start()
@@ -218,6 +281,56 @@ class Sandbox:
                 raise
             self._state = SandboxState.RUNNING
             return self
+
+    def refresh(self) -> SandboxState:
+        """Ask the engine where the sandbox is now, and whether its server still answers here; returns the
+        handle's state, updated.
+
+        A handle whose container stopped, or whose server no longer answers at the address it had (the
+        server was killed, the container was restarted and waits for its key, the engine restarted and
+        published another port), becomes STOPPED: :meth:`start` then recovers it. A container removed
+        behind the handle's back makes it REMOVED.
+        """
+        with self._lock, self._about():
+            if self._container_id is None or self._state in (
+                SandboxState.NEW, SandboxState.REMOVED, SandboxState.CLOSED
+            ):
+                return self._state
+            try:
+                engine_state = self.backend.find(self.id).state
+            except SandboxNotFoundError:
+                self._close_client()
+                self._endpoint = None
+                self._state = SandboxState.REMOVED
+                return self._state
+            if engine_state is SandboxState.PAUSED:
+                self._state = SandboxState.PAUSED
+            elif engine_state is SandboxState.RUNNING and self._server_answers():
+                self._state = SandboxState.RUNNING
+            else:
+                self._close_client()
+                self._endpoint = None
+                self._state = SandboxState.STOPPED
+            return self._state
+
+    def _server_answers(self) -> bool:
+        """True when the runtime server answers, with this handle's key, where the engine says it is now."""
+        from agentbox.client import RuntimeClient
+
+        assert self._container_id is not None and self._key is not None
+        try:
+            endpoint = self.backend.endpoint(self._container_id)
+        except AgentboxError:
+            return False
+        if self._endpoint is not None and endpoint != self._endpoint:
+            self._close_client()  # e.g. another host port after an engine restart
+        try:
+            with RuntimeClient(endpoint.url, self._key, timeout=PROBE_TIMEOUT, uds=endpoint.uds) as probe:
+                probe.alive()
+        except AgentboxError:
+            return False
+        self._endpoint = endpoint
+        return True
 
     def _identity_labels(self, config: SandboxConfig) -> dict[str, str]:
         return {
@@ -259,8 +372,6 @@ class Sandbox:
                     raise
                 # The image cached for this process was removed meanwhile: make it again, once.
                 image = backend.resolve_image(config, self._progress, refresh=True)
-                from dataclasses import replace
-
                 self._container_id = backend.create(replace(spec, image=image))
             record = SandboxRecord(
                 id=self.id,
@@ -275,14 +386,12 @@ class Sandbox:
             if self._endpoint.via == "host":
                 record.url = self._endpoint.url
                 store.save(record)
-        except AgentboxError as exc:
-            self._discard(purge_volumes=True)
-            if isinstance(exc, RuntimeServerError):
-                raise
+        except BaseException as exc:
             # Say which sandbox failed (its id is in the labels of anything that might be left over).
-            raise type(exc)(f"starting sandbox {self.id}: {exc}") from None
-        except BaseException:
-            self._discard(purge_volumes=True)
+            if isinstance(exc, AgentboxError):
+                exc.with_sandbox(self.id)
+            with contextlib.suppress(AgentboxError):  # the original error matters more than a cleanup one
+                self._discard(purge_volumes=True)
             raise
 
     def _restart(self) -> None:
@@ -317,7 +426,7 @@ class Sandbox:
 
     def pause(self) -> None:
         """Freeze the sandbox (``docker pause``): running processes and shell state survive resume()."""
-        with self._lock:
+        with self._lock, self._about():
             self._check_usable()
             assert self._container_id is not None
             self.backend.pause(self._container_id)
@@ -325,18 +434,18 @@ class Sandbox:
 
     def resume(self) -> None:
         """Thaw a paused sandbox."""
-        with self._lock:
+        with self._lock, self._about():
             if self._state is not SandboxState.PAUSED:
-                raise SandboxError(f"sandbox {self.id} is {self._state.value}, not paused")
+                raise SandboxError(f"sandbox {self.id} is {self._state.value}, not paused", sandbox_id=self.id)
             assert self._container_id is not None
             self.backend.resume(self._container_id)
             self._state = SandboxState.RUNNING
 
     def stop(self, *, timeout: float = 5) -> None:
         """Stop the container (its processes end; files stay); start() runs it again."""
-        with self._lock:
+        with self._lock, self._about():
             if self._state not in (SandboxState.RUNNING, SandboxState.PAUSED):
-                raise SandboxError(f"sandbox {self.id} is {self._state.value}")
+                raise SandboxError(f"sandbox {self.id} is {self._state.value}", sandbox_id=self.id)
             assert self._container_id is not None
             self._close_client()
             self.backend.stop(self._container_id, timeout=timeout)
@@ -345,7 +454,7 @@ class Sandbox:
 
     def remove(self) -> None:
         """Remove the container and everything agentbox created for it (idempotent)."""
-        with self._lock:
+        with self._lock, self._about():
             if self._state is SandboxState.REMOVED:
                 return
             self._discard()
@@ -353,7 +462,7 @@ class Sandbox:
 
     def close(self) -> None:
         """Remove the sandbox, or with ``keep_runtime_alive`` just let go of it (idempotent)."""
-        with self._lock:
+        with self._lock, self._about():
             if self._state in (SandboxState.REMOVED, SandboxState.CLOSED):
                 return
             if self._state is SandboxState.NEW:
@@ -383,8 +492,9 @@ class Sandbox:
     def logs(self, tail: int | None = None) -> str:
         """The container's log (the runtime server's own output), the last ``tail`` lines if given."""
         if self._container_id is None:
-            raise SandboxError(f"sandbox {self.id} has no container")
-        return self.backend.logs(self._container_id, tail=tail)
+            raise SandboxError(f"sandbox {self.id} has no container", sandbox_id=self.id)
+        with self._about():
+            return self.backend.logs(self._container_id, tail=tail)
 
     # -- finding sandboxes ---------------------------------------------------------------------------------
 
@@ -400,13 +510,18 @@ class Sandbox:
         (``agentbox exec``) pass False and let go with :meth:`detach`.
         """
         backend = backend or get_backend()
-        info = backend.find(sandbox_id)
+        try:
+            info = backend.find(sandbox_id)
+        except AgentboxError as exc:
+            exc.with_sandbox(sandbox_id)
+            raise
         store = backend.store
         record = store.load(info.id)
         if record is None:
             raise SandboxError(
                 f"sandbox {info.id} exists but its session key is not here ({store.path(info.id)} is missing): "
-                "only the user who started it, on the host that started it, can reattach"
+                "only the user who started it, on the host that started it, can reattach",
+                sandbox_id=info.id,
             )
         config = SandboxConfig.model_validate(record.config)
         sandbox = cls(config, backend=backend)
@@ -414,12 +529,18 @@ class Sandbox:
         sandbox._container_id = info.container_id
         sandbox._key = record.key
         sandbox._state = info.state if info.state is not SandboxState.NEW else SandboxState.STOPPED
-        if sandbox._state in (SandboxState.RUNNING, SandboxState.PAUSED):
-            sandbox._endpoint = backend.endpoint(info.container_id)
-        if take_ownership:
-            record.owner_pid = os.getpid()
-            record.owner_host = socket.gethostname()
-            store.save(record)
+        with sandbox._about():
+            if sandbox._state is SandboxState.PAUSED:
+                sandbox._endpoint = backend.endpoint(info.container_id)
+            elif sandbox._state is SandboxState.RUNNING and not sandbox._server_answers():
+                # Running, but no server answers: restarted behind our back (`docker restart`, an engine
+                # restart) and waiting for its key, or its server died. Hand the key over again.
+                sandbox._state = SandboxState.STOPPED
+                sandbox._restart()
+            if take_ownership:
+                record.owner_pid = os.getpid()
+                record.owner_host = socket.gethostname()
+                store.save(record)
         return sandbox
 
     @classmethod
@@ -500,9 +621,14 @@ class Sandbox:
         return self.client.run_python(code, timeout)
 
 
-def reap(dry_run: bool = False, *, backend: Backend | None = None) -> list[str]:
-    """Remove this host's sandboxes whose owner process is gone (not keep-alive ones); returns their ids."""
-    return (backend or get_backend()).reap(dry_run=dry_run)
+def reap(
+    dry_run: bool = False, *, backend: Backend | None = None, labels: Mapping[str, str] | None = None
+) -> list[str]:
+    """Remove this host's sandboxes whose owner process is gone (not keep-alive ones); returns their ids.
+
+    ``labels``: only sandboxes carrying all of them (reap what you made, not other processes' orphans).
+    """
+    return (backend or get_backend()).reap(dry_run=dry_run, labels=labels)
 
 
 class AsyncSandbox:
@@ -568,8 +694,11 @@ class AsyncSandbox:
             await client.aclose()
 
     async def start(self) -> AsyncSandbox:
-        """Create and start the sandbox (see :meth:`Sandbox.start`)."""
+        """Create and start the sandbox, or recover a stale one (see :meth:`Sandbox.start`)."""
+        before = self._core._endpoint
         await asyncio.to_thread(self._core.start)
+        if self._core._endpoint != before:
+            await self._drop_client()
         return self
 
     async def __aenter__(self) -> AsyncSandbox:
@@ -579,6 +708,14 @@ class AsyncSandbox:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    async def refresh(self) -> SandboxState:
+        """Ask the engine where the sandbox is now (see :meth:`Sandbox.refresh`)."""
+        before = self._core._endpoint
+        state = await asyncio.to_thread(self._core.refresh)
+        if self._core._endpoint != before:
+            await self._drop_client()
+        return state
 
     async def pause(self) -> None:
         """Freeze the sandbox."""

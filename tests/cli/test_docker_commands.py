@@ -109,11 +109,10 @@ def test_run_json_output_parses(cli: Any) -> None:
 
 
 def test_run_timeout_exits_124(cli: Any) -> None:
-    started_at = time.monotonic()
-    result = cli("run", *LABEL_ARGS, "--timeout", "1", "--", "echo started; sleep 30")
+    # 124 and the message prove the interrupt (the sleep finishing would exit 0); no timing assertion.
+    result = cli("run", *LABEL_ARGS, "--timeout", "1", "--", "echo started; sleep 30; echo finished")
     assert result.returncode == 124, result.stderr
-    assert "started" in result.stdout and "timed out" in result.stderr
-    assert time.monotonic() - started_at < 20
+    assert "started" in result.stdout and "finished" not in result.stdout and "timed out" in result.stderr
 
 
 def test_start_exec_cp_ls_pause_resume_rm(cli: Any, started: str, tmp_path: Path, engine: Any) -> None:
@@ -173,10 +172,8 @@ def test_demo_without_a_tty_succeeds_and_leaves_nothing_behind(cli: Any, tmp_pat
     folder.mkdir()
     (folder / "README.md").write_text("# a project\n")
     before = sorted(p.name for p in folder.iterdir())
-    started_at = time.monotonic()
-    result = cli("demo", *LABEL_ARGS, cwd=folder)
+    result = cli("demo", *LABEL_ARGS, cwd=folder)  # how fast it is: `make bench`, not a timed test
     assert result.returncode == 0, result.stdout + result.stderr
-    assert time.monotonic() - started_at < 60
     assert result.stdout.count("✓") == 8 and "✗" not in result.stdout
     for feature in ("mount", "ownership", "read-only", "127.0.0.1", "persistent shell", "stateful Python",
                     "removal"):
@@ -208,10 +205,15 @@ def test_exec_on_an_unknown_id_exits_1(cli: Any) -> None:
     assert result.stderr.strip() == "error: no sandbox 'no-such-sandbox' on this engine (list them with `agentbox ls`)"
 
 
-def test_images_and_reap_speak_json(cli: Any) -> None:
+def test_images_and_reap_speak_json(cli: Any, engine: Any) -> None:
+    from agentbox.config import SandboxConfig
+    from agentbox.images import ensure_runtime_image
+
+    tag = ensure_runtime_image(SandboxConfig(), client=engine)  # at least one to list, whatever ran before
     images = cli("images", "--json")
     assert images.returncode == 0, images.stderr
     listed = json.loads(images.stdout)
+    assert [image for image in listed if tag in image["tags"]], listed
     assert all({"tags", "base", "size", "current"} <= set(image) for image in listed)
     reaped = cli("reap", "--dry-run", "--json")
     assert reaped.returncode == 0, reaped.stderr

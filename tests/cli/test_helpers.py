@@ -96,10 +96,11 @@ def test_docker_exec_argv() -> None:
     assert argv[-3:] == ["cid", "bash", "-l"]
 
 
-def test_invoking_uid_prefers_sudo_uid_only_for_root() -> None:
-    if os.geteuid() == 0:
-        assert invoking_uid({"SUDO_UID": "1234"}) == 1234
-    else:
-        assert invoking_uid({"SUDO_UID": "1234"}) == os.getuid()
-    assert invoking_uid({}) == os.getuid()
-    assert invoking_uid({"SUDO_UID": "junk"}) == os.getuid()
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_invoking_uid_prefers_sudo_uid_only_for_root(monkeypatch: pytest.MonkeyPatch, euid: int) -> None:
+    # Both branches on any machine: the effective uid is the test's choice, not the runner's.
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    monkeypatch.setattr(os, "getuid", lambda: euid)
+    assert invoking_uid({"SUDO_UID": "1234"}) == (1234 if euid == 0 else euid)
+    assert invoking_uid({}) == euid
+    assert invoking_uid({"SUDO_UID": "junk"}) == euid

@@ -7,6 +7,7 @@ detects it runs in a container and reaches the sandbox over a shared internal co
 from __future__ import annotations
 
 import json
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -30,9 +31,18 @@ with Sandbox(runtime_container_image=sys.argv[1], labels=json.loads(sys.argv[2])
 """
 
 
+def engine_socket(docker_client: Any) -> str:
+    """Host path of the engine's Unix socket (DOCKER_HOST, else Docker's default); skips for other engines."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        pytest.skip(f"the engine is reached over {host}: no local socket to lend a manager container")
+    return host[len("unix://"):]
+
+
 def test_a_manager_in_a_container_reaches_its_sandbox_over_a_shared_network(
     runtime_image: str, docker_client: Any, tmp_path: Path, labels: dict[str, str]
 ) -> None:
+    sock = engine_socket(docker_client)
     probe = docker_client.containers.run(
         runtime_image, entrypoint=["python3", "-c", "import sys; print(sys.version_info[:2])"], command=[],
         remove=True, labels=labels,
@@ -40,7 +50,11 @@ def test_a_manager_in_a_container_reaches_its_sandbox_over_a_shared_network(
     if probe.strip() != str(tuple(sys.version_info[:2])):
         pytest.skip(f"the image's python {probe.strip()} differs from this one's; cannot lend it our packages")
     src = Path(agentbox.__file__).resolve().parents[1]
-    site = sysconfig.get_paths()["purelib"]
+    # Compiled dependencies (pydantic-core) live in platlib, which is not purelib on every layout.
+    paths = sysconfig.get_paths()
+    sites = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    site_mounts = {site: {"bind": f"/site{i}", "mode": "ro"} for i, site in enumerate(sites)}
+    pythonpath = ":".join(["/src", *(f"/site{i}" for i in range(len(sites)))])
     (tmp_path / "manager.py").write_text(SCRIPT)
     output = docker_client.containers.run(
         runtime_image,
@@ -48,11 +62,11 @@ def test_a_manager_in_a_container_reaches_its_sandbox_over_a_shared_network(
         command=[],
         remove=True,
         labels=labels,
-        environment={"PYTHONPATH": "/src:/site", "HOME": "/tmp"},
+        environment={"PYTHONPATH": pythonpath, "HOME": "/tmp"},
         volumes={
-            "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+            sock: {"bind": "/var/run/docker.sock", "mode": "rw"},
             str(src): {"bind": "/src", "mode": "ro"},
-            site: {"bind": "/site", "mode": "ro"},
+            **site_mounts,
             str(tmp_path): {"bind": "/m", "mode": "ro"},
         },
     ).decode()
@@ -62,5 +76,5 @@ def test_a_manager_in_a_container_reaches_its_sandbox_over_a_shared_network(
     assert not data["url"].startswith("http://127.0.0.1")  # reached over the control network
     control = f"agentbox-ctl-{data['manager'][:12]}"
     assert docker_client.api.networks(names=[control])  # left behind by the (now gone) manager ...
-    reap()
+    reap(labels=labels)  # sweeps control networks of gone managers; removes no other process's sandbox
     assert not [n for n in docker_client.api.networks(names=[control]) if n["Name"] == control]  # ... until reaped

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentbox.backends.base import SandboxState
-from agentbox.backends.docker import LABELS
+from agentbox.backends.labels import LABELS
 from agentbox.errors import SandboxError
 from agentbox.sandbox import AsyncSandbox, Sandbox, reap
 
@@ -131,9 +131,11 @@ def test_reap_removes_orphans_of_dead_owners_only(
     )
     assert proc.returncode == 0, proc.stderr
     orphan = proc.stdout.strip().splitlines()[-1]
-    assert orphan in reap(dry_run=True)
+    # Only what this test run labelled: other processes' orphans on a shared engine are not ours to remove.
+    assert orphan in reap(dry_run=True, labels=labels)
     assert docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={orphan}"}) != []
-    reaped = reap()
+    assert reap(labels={**labels, "agentbox.test-other": "1"}) == []  # the filter really filters
+    reaped = reap(labels=labels)
     assert orphan in reaped and mine.id not in reaped
     assert docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={orphan}"}) == []
     assert mine.run("echo still").output.strip() == "still"
@@ -151,9 +153,15 @@ def test_async_sandbox(runtime_image: str, labels: dict[str, str]) -> None:
     assert asyncio.run(main()) == ("async", "/workspace/a.txt")
 
 
-def _leftovers(docker_client: Any, text: str) -> list[Any]:
-    sandbox_id = text.split()[2].rstrip(":")  # "starting sandbox <id>: ..."
-    return list(docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={sandbox_id}"}))
+def _leftovers(docker_client: Any, error: Any) -> list[Any]:
+    """What is left labelled with the sandbox the error is about (the error must name one)."""
+    sandbox_id = error.sandbox_id
+    assert sandbox_id and sandbox_id in str(error)
+    api = docker_client.api
+    found = list(api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={sandbox_id}"}))
+    found += api.networks(filters={"label": f"{LABELS.CREATED_FOR}={sandbox_id}"})
+    found += api.volumes(filters={"label": f"{LABELS.CREATED_FOR}={sandbox_id}"}).get("Volumes") or []
+    return found
 
 
 def test_a_server_that_exits_fails_with_its_log_and_leaves_nothing(
@@ -169,7 +177,7 @@ def test_a_server_that_exits_fails_with_its_log_and_leaves_nothing(
     message = str(err.value)
     assert "exited (code 3)" in message and "Last log lines" in message
     assert "boom: the server cannot start" in message  # the container's own words, from its log
-    assert _leftovers(docker_client, message) == []
+    assert _leftovers(docker_client, err.value) == []
 
 
 def test_a_missing_image_fails_clearly_and_leaves_nothing(sandboxes: Callable[..., Any], docker_client: Any) -> None:
@@ -177,4 +185,4 @@ def test_a_missing_image_fails_clearly_and_leaves_nothing(sandboxes: Callable[..
 
     with pytest.raises(ImageNotFoundError, match="agentbox doctor") as err:
         sandboxes(runtime_container_image="agentbox-runtime:no-such-tag")
-    assert _leftovers(docker_client, str(err.value)) == []
+    assert _leftovers(docker_client, err.value) == []

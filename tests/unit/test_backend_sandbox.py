@@ -8,7 +8,7 @@ import pytest
 
 from agentbox.backends.base import SandboxState
 from agentbox.config import SandboxConfig
-from agentbox.errors import ConfigError, SandboxError
+from agentbox.errors import AgentboxError, ConfigError, NetworkNotFoundError, SandboxError, SandboxTimeoutError
 from agentbox.sandbox import AsyncSandbox, Sandbox
 
 
@@ -62,3 +62,42 @@ def test_closing_a_never_started_handle_touches_nothing() -> None:
 def test_async_handle_shares_the_core() -> None:
     sb = AsyncSandbox(backend=ExplodingBackend(), user_id=5)
     assert sb.state is SandboxState.NEW and sb.config.user_id == 5 and sb.sync.id == sb.id
+
+
+class FailingCreateBackend:
+    """A backend whose create fails like the engine would; records the cleanup it is asked for."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.removed: list[str] = []
+
+        class Store:
+            def delete(self, sandbox_id: str) -> None:
+                pass
+
+            def save(self, record: Any) -> None:
+                pass
+
+        self.store = Store()
+
+    def resolve_image(self, config: Any, progress: Any = None, *, refresh: bool = False) -> str:
+        return "img"
+
+    def create(self, spec: Any) -> str:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [NetworkNotFoundError("network 'x' (additional_networks) does not exist"), SandboxTimeoutError("engine slow")],
+)
+def test_a_failed_start_keeps_the_error_type_and_cause_and_names_the_sandbox(error: AgentboxError) -> None:
+    cause = RuntimeError("from the SDK")
+    error.__cause__ = cause
+    sb = Sandbox(backend=FailingCreateBackend(error), runtime_container_image="img")  # type: ignore[arg-type]
+    with pytest.raises(type(error)) as err:
+        sb.start()
+    assert err.value is error  # not rebuilt: subclasses, attributes and traceback survive
+    assert err.value.sandbox_id == sb.id and sb.id in str(err.value)
+    assert err.value.__cause__ is cause
+    assert sb.state is SandboxState.REMOVED

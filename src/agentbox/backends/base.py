@@ -126,8 +126,9 @@ class Backend(abc.ABC):
         self, container_id: str, files: Mapping[str, tuple[bytes, int]], *, timeout: float, restart: bool = False
     ) -> Endpoint:
         """Hand ``files`` (name -> (content, mode)) to the container's /run/agentbox, start it, and wait
-        until its runtime server is ready; returns how to reach it. ``restart``: it ran before. Does not
-        remove on failure."""
+        until its runtime server is ready; returns how to reach it. ``restart``: it ran before (or it was
+        restarted behind agentbox's back and waits for its key: then it is not started again, only given
+        the files and followed to its next ready line). Does not remove on failure."""
 
     @abc.abstractmethod
     def endpoint(self, container_id: str) -> Endpoint:
@@ -138,8 +139,11 @@ class Backend(abc.ABC):
         """The sandbox with this id (or container id/name); raises SandboxNotFoundError."""
 
     @abc.abstractmethod
-    def list(self, *, owner_host: str | None = None) -> builtins.list[SandboxInfo]:
-        """Every agentbox sandbox on the engine, optionally only those owned from ``owner_host``."""
+    def list(
+        self, *, owner_host: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[SandboxInfo]:
+        """Every agentbox sandbox on the engine, optionally only those owned from ``owner_host`` and
+        carrying all of ``labels``."""
 
     @abc.abstractmethod
     def pause(self, container_id: str) -> None:
@@ -164,8 +168,9 @@ class Backend(abc.ABC):
         """The container's output (the runtime server's log), the last ``tail`` lines if given."""
 
     @abc.abstractmethod
-    def reap(self, *, dry_run: bool = False) -> builtins.list[str]:
-        """Remove sandboxes of this host whose owner process is gone; returns their ids."""
+    def reap(self, *, dry_run: bool = False, labels: Mapping[str, str] | None = None) -> builtins.list[str]:
+        """Remove sandboxes of this host whose owner process is gone; returns their ids. ``labels``: only
+        sandboxes carrying all of them (a caller reaping what it made, never other processes' orphans)."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -21,7 +21,6 @@ __all__ = [
     "DEFAULT_CAP_DROP",
     "DEFAULT_NETWORK",
     "HARDENED_CAP_ADD",
-    "LABEL_PREFIX",
     "NONE_NETWORK",
     "SERVER_PORT",
     "SOCKET_MOUNT",
@@ -35,7 +34,6 @@ __all__ = [
     "unix_socket_spec",
 ]
 
-LABEL_PREFIX = "agentbox."
 #: Port the runtime server listens on inside a bridged sandbox. High and unusual, so an agent's own web
 #: app on 8000/8080/3000 never collides with it.
 SERVER_PORT = 49983

@@ -1,0 +1,555 @@
+"""DockerBackend: sandboxes as containers on one Docker engine (docker SDK, API 1.41+).
+
+The jobs live in their own modules; this class composes them:
+
+* :mod:`.networks` -- which network a configured name means, the shared networks, the manager's
+  control network. Every sandbox joins one network at create and the rest *before* start (create ->
+  connect -> start), so sidecars on ``additional_networks`` answer by name from the very first command.
+* :mod:`.endpoints` -- how this process reaches the server (pure).
+* :mod:`.lifecycle` -- the create call, the secrets put before start, the ready-line watcher.
+* :mod:`.sockets`, :mod:`.volumes` -- per-sandbox socket directories (``network="none"``), named volumes.
+* :mod:`.reaping` -- orphans and leftovers.
+
+Concurrency: one instance serves every sandbox of a process. No lock is held across engine calls of
+different sandboxes; slow steps that several creates may need (an image build, a shared network) run
+once per key (:class:`~agentbox.backends.docker.once.OnceByKey`): a build of one image never blocks a
+create that needs another image or none.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
+from agentbox.backends.docker import lifecycle, reaping
+from agentbox.backends.docker.endpoints import Placement, choose_endpoint, placement_of
+from agentbox.backends.docker.errors import engine_errors
+from agentbox.backends.docker.networks import (
+    ROLE_DEFAULT,
+    ROLE_NONE,
+    Manager,
+    NetworkRef,
+    Networks,
+    detect_manager,
+)
+from agentbox.backends.docker.once import OnceByKey
+from agentbox.backends.docker.sockets import SocketDirs
+from agentbox.backends.docker.volumes import create_missing_volumes, remove_volumes, volumes_created_for
+from agentbox.backends.labels import IDENTITY_LABELS, LABELS
+from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, ContainerSpec
+from agentbox.backends.state import StateStore, sockets_dir
+from agentbox.backends.workspace import unwritable_reason
+from agentbox.engine import docker_client
+from agentbox.errors import (
+    ConfigError,
+    NetworkNotFoundError,
+    SandboxError,
+    SandboxNotFoundError,
+    SandboxStartError,
+)
+from agentbox.volumes import workspace_mount
+
+if TYPE_CHECKING:
+    import docker
+    from agentbox.config import SandboxConfig
+
+__all__ = ["DockerBackend"]
+
+log = logging.getLogger("agentbox.backends.docker")
+
+# Connections kept to the engine: enough for many sandboxes starting at once in one process.
+POOL_SIZE = 64
+
+_STATES = {
+    "created": SandboxState.NEW,
+    "running": SandboxState.RUNNING,
+    "paused": SandboxState.PAUSED,
+    "restarting": SandboxState.STARTING,
+    "exited": SandboxState.STOPPED,
+    "dead": SandboxState.STOPPED,
+    "removing": SandboxState.REMOVED,
+}
+
+
+def _parse_created(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return datetime.fromisoformat(value)
+    return None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class DockerBackend(Backend):
+    """Sandboxes as containers on one Docker engine; one instance (and one client) serves many sandboxes.
+
+    ``default_network``: the shared network sandboxes without a configured ``network`` join (tests give
+    their own, to remove it without touching other processes' sandboxes).
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        store: StateStore | None = None,
+        sockets: Path | None = None,
+        default_network: str = DEFAULT_NETWORK,
+    ) -> None:
+        self._client = client
+        self._owns_client = client is None
+        self._store = store or StateStore()
+        self.sockets = SocketDirs(sockets or sockets_dir())
+        self.networks = Networks(lambda: self.api)
+        self.default_network = default_network
+        self._images: OnceByKey[tuple[str | None, str], str] = OnceByKey()
+        self._facts: OnceByKey[str, Any] = OnceByKey()  # manager detection, engine facts: asked once
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> StateStore:
+        """The state files of the sandboxes this user started."""
+        return self._store
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The docker SDK client (connected on first use)."""
+        if self._client is None:
+            # Each start follows its container's log stream on a connection of its own.
+            self._client = self._facts.get("client", lambda: docker_client(max_pool_size=POOL_SIZE))
+        return self._client
+
+    @property
+    def api(self) -> Any:
+        """The low-level API client (fewer round trips than the model layer)."""
+        return self.client.api
+
+    def close(self) -> None:
+        """Close the client if this backend opened it."""
+        if self._client is not None and self._owns_client:
+            self._client.close()
+            self._client = None
+            self._facts.forget("client")
+
+    def resolve_image(
+        self, config: SandboxConfig, progress: Progress | None = None, *, refresh: bool = False
+    ) -> str:
+        """The runtime image for ``config``: its runtime_container_image, else one built on its base.
+
+        Builds run once per base image at a time: concurrent creates needing the same missing image wait
+        for that one build; creates needing another image (or a given one) do not wait at all.
+        """
+        if config.runtime_container_image:
+            return config.runtime_container_image
+        key = (config.runtime_container_image, config.base_container_image)
+        if refresh:
+            self._images.forget(key)
+
+        def build() -> str:
+            from agentbox.images import ensure_runtime_image
+
+            kwargs: dict[str, Any] = {"client": self.client}
+            if progress is not None:
+                kwargs["progress"] = progress
+            return ensure_runtime_image(config, **kwargs)
+
+        return self._images.get(key, build)
+
+    # -- the manager's own container -----------------------------------------------------------------------
+
+    def _detected(self) -> tuple[Manager | None, bool]:
+        return self._facts.get("manager", lambda: detect_manager(self.api))
+
+    def manager(self) -> Manager | None:
+        """This process's container when agentbox runs in a (non host-networked) container, else None."""
+        return self._detected()[0]
+
+    def _in_host_network_container(self) -> bool:
+        return self._detected()[1]
+
+    def _control_network(self) -> str | None:
+        manager = self.manager()
+        return manager.control_network if manager is not None else None
+
+    def _local_uids(self) -> bool:
+        """True when a uid in a sandbox is the same uid on this host: a local engine without user
+        namespace remapping (rootless Docker, userns-remap) -- only then can host modes be judged here."""
+
+        def ask() -> bool:
+            if not str(getattr(self.api, "base_url", "")).startswith("http+docker://"):
+                return False  # tcp:// or ssh://: the bind sources are another machine's
+            with engine_errors("asking the engine about its security options"):
+                options = " ".join(self.api.info().get("SecurityOptions") or [])
+            return "name=userns" not in options and "name=rootless" not in options
+
+        return bool(self._facts.get("local-uids", ask))
+
+    # -- networks ------------------------------------------------------------------------------------------
+
+    def _list_networks(self) -> builtins.list[NetworkRef]:
+        return self.networks.list()
+
+    def _place(self, spec: ContainerSpec) -> tuple[ContainerSpec, builtins.list[str]]:
+        """The spec with configured network names replaced by real ones (networks created as needed).
+
+        Returns the spec and the names of networks created for this sandbox.
+        """
+        if spec.network_mode != "bridge":
+            return spec, []
+        propagate = {k: v for k, v in spec.labels if k not in IDENTITY_LABELS}
+        sandbox_id = spec.label_map.get(LABELS.SANDBOX, "")
+        if sandbox_id:
+            propagate[LABELS.CREATED_FOR] = sandbox_id
+        primary, *extra = spec.networks or (DEFAULT_NETWORK,)
+        created: list[str] = []
+        networks: list[str] = []
+        manager = self.manager()
+        listed: list[NetworkRef] | None = None
+        if primary == DEFAULT_NETWORK:
+            self.networks.ensure_shared(self.default_network, ROLE_DEFAULT, icc=False)
+            networks.append(self.default_network)
+        elif primary == NONE_NETWORK:
+            # gVisor keeps a socket its sandbox creates inside its own kernel: the host never sees it.
+            if manager is None and not self._in_host_network_container() and spec.runtime != "runsc":
+                if extra:
+                    raise ConfigError(
+                        'network="none" runs the sandbox without any network, so additional_networks '
+                        f"({', '.join(extra)}) cannot be joined; drop them or choose a network"
+                    )
+                # No network at all: the server is reached over a Unix socket in a host directory.
+                return self.sockets.place(spec, sandbox_id), []
+            if manager is None:
+                self.networks.ensure_shared(NONE_NETWORK, ROLE_NONE, internal=True, icc=False)
+                networks.append(NONE_NETWORK)
+            # else: the manager's internal control network, added below, is its only network.
+        else:
+            listed = self._list_networks()
+            resolved = self.networks.resolve_user(
+                primary, what="network", create_missing=True, labels=propagate, listed=listed
+            )
+            if resolved == primary and not any(n.name == primary for n in listed):
+                created.append(primary)
+            networks.append(resolved)
+        if extra:
+            listed = listed if listed is not None else self._list_networks()
+            for name in extra:
+                try:
+                    networks.append(
+                        self.networks.resolve_user(
+                            name, what="additional_networks", create_missing=False, labels={}, listed=listed
+                        )
+                    )
+                except NetworkNotFoundError:
+                    for net in created:
+                        self.networks.release(net)
+                    raise
+        labels = spec.labels
+        if manager is not None:
+            self.networks.ensure_control(manager)
+            networks.append(manager.control_network)
+            # Its owner pid lives in the manager container's pid namespace: reap goes by the container.
+            labels = tuple(sorted({**spec.label_map, LABELS.MANAGER: manager.container_id}.items()))
+        # One network can be named twice (e.g. a Compose match of an additional network): join it once.
+        return replace(spec, networks=tuple(dict.fromkeys(networks)), labels=labels), created
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def _check_mounts_writable(self, spec: ContainerSpec) -> None:
+        """Refuse a workspace the sandbox user cannot write; warn about other such read-write mounts."""
+        uid = spec.user_id if spec.user_id is not None else 0
+        binds = [m for m in spec.mounts if m.kind == "bind" and not m.read_only]
+        if not binds or not self._local_uids():
+            return
+        root_bypasses = "ALL" not in spec.security.cap_drop
+        workspace = workspace_mount(binds, spec.working_dir or "/workspace")
+        for mount in binds:
+            reason = unwritable_reason(mount, uid, root_bypasses=root_bypasses)
+            if reason is None:
+                continue
+            if mount == workspace:
+                raise ConfigError(f"the workspace is not writable: {reason}")
+            warnings.warn(reason, stacklevel=4)
+            log.warning(reason)
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create the container (not started), joined to all its networks; nothing is left on failure."""
+        self._check_mounts_writable(spec)
+        volumes = create_missing_volumes(self.api, spec)
+        networks: list[str] = []
+        container_id: str | None = None
+        placed = spec
+        try:
+            placed, networks = self._place(spec)
+            try:
+                container_id = lifecycle.create_container(self.api, placed)
+            except NetworkNotFoundError:
+                if not self.networks.forget(placed.networks):
+                    raise
+                # A shared network was removed behind our cache (e.g. by `agentbox reap`): make it again.
+                placed, more = self._place(spec)
+                networks += more
+                container_id = lifecycle.create_container(self.api, placed)
+            for name in placed.networks[1:]:
+                with engine_errors(f"connecting the sandbox to network {name}"):
+                    self.api.connect_container_to_network(container_id, name)
+            return container_id
+        except BaseException:
+            if container_id is not None:
+                with contextlib.suppress(Exception):
+                    self.api.remove_container(container_id, force=True, v=True)
+            for name in networks:
+                self.networks.release(name)
+            remove_volumes(self.api, volumes)
+            self.sockets.remove(placed.socket_dir, placed.label_map.get(LABELS.SANDBOX))
+            raise
+
+    def start(
+        self, container_id: str, files: Mapping[str, tuple[bytes, int]], *, timeout: float, restart: bool = False
+    ) -> Endpoint:
+        """Put ``files`` into /run/agentbox, start, and follow the logs until the server is ready.
+
+        ``restart``: the container ran before, so its log already holds ready lines to skip. A container
+        that is already running (restarted by ``docker restart`` and waiting for its key) is not started
+        again: it gets the key and is followed to its next ready line.
+        """
+        deadline = time.monotonic() + timeout
+        # A container restarted behind agentbox's back may still be on its way out (an entrypoint that
+        # found no key exits) when the key arrives: then it is simply started once more.
+        attempts = 2 if restart else 1
+        for attempt in range(attempts):
+            earlier = lifecycle.count_ready_lines(self.logs(container_id)) if restart else 0
+            if files:
+                with engine_errors("handing the session key to the sandbox"):
+                    self.api.put_archive(container_id, lifecycle.RUN_DIR, lifecycle.secrets_tar(files))
+            self._start_container(container_id)
+            with engine_errors("following the sandbox's log"):
+                watcher = lifecycle.ReadyWatcher(self.api, container_id, skip=earlier)
+            try:
+                # Read the published port while the server boots: costs no time on the critical path.
+                attrs = self._inspect(container_id)
+                kind, line = watcher.wait(deadline - time.monotonic())
+            finally:
+                watcher.close()
+            if kind != "ended" or attempt == attempts - 1:
+                break
+        if kind == "ready":
+            match = lifecycle.READY.search(line)
+            assert match is not None
+            placement = placement_of(attrs)
+            if match.group(2) is None:  # unix:PATH: the socket's host path comes from the placement
+                endpoint = choose_endpoint(placement)
+                if endpoint.uds and not os.path.exists(endpoint.uds):
+                    raise SandboxStartError(
+                        f"the runtime server is ready on its Unix socket, but {endpoint.uds} does not exist on "
+                        "this host: the engine does not share this host's files (a remote DOCKER_HOST?); "
+                        'network="none" needs a local engine'
+                    )
+                return endpoint
+            if placement.network_mode != "host" and not placement.published and not placement.addresses:
+                attrs = self._inspect(container_id)  # ports are assigned at start: inspected too early
+                placement = placement_of(attrs)
+            ready = (match.group(1).decode(), int(match.group(2)))
+            return choose_endpoint(placement, control_network=self._control_network(), ready=ready)
+        raise lifecycle.start_failure(
+            self.api, container_id, self.logs(container_id, tail=lifecycle.LOG_TAIL),
+            timed_out=kind == "timeout", timeout=timeout,
+        )
+
+    def _start_container(self, container_id: str) -> None:
+        """docker start; a shared network removed since the container was created is made again first."""
+        try:
+            with engine_errors("starting the sandbox container"):
+                self.api.start(container_id)
+            return
+        except NetworkNotFoundError:
+            attrs = self._inspect(container_id)
+            joined = list((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+            shared = [n for n in joined if n in (self.default_network, NONE_NETWORK) or n.startswith("agentbox-ctl-")]
+            if not shared:
+                raise
+        # `docker network rm agentbox-net` (or a prune) while this process had it cached: every later start
+        # would fail. Make it again and re-attach the container (its endpoint points at the old network id).
+        self.networks.forget(shared)
+        for name in shared:
+            if name == self.default_network:
+                self.networks.ensure_shared(name, ROLE_DEFAULT, icc=False)
+            elif name == NONE_NETWORK:
+                self.networks.ensure_shared(name, ROLE_NONE, internal=True, icc=False)
+            else:
+                manager = self.manager()
+                if manager is None or manager.control_network != name:
+                    continue
+                self.networks.ensure_control(manager)
+        self.networks.reconnect(container_id, shared)
+        with engine_errors("starting the sandbox container"):
+            self.api.start(container_id)
+
+    def endpoint(self, container_id: str) -> Endpoint:
+        """How to reach the running container's server (from an inspect)."""
+        attrs = self._inspect(container_id)
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        return self._endpoint(placement_of(attrs), labels)
+
+    def _endpoint(self, placement: Placement, labels: Mapping[str, str]) -> Endpoint:
+        record = None
+        if labels.get(LABELS.SANDBOX):
+            with contextlib.suppress(SandboxError):
+                record = self.store.load(labels[LABELS.SANDBOX])
+        return choose_endpoint(
+            placement, control_network=self._control_network(), recorded_url=record.url if record else None
+        )
+
+    def _inspect(self, container_id: str) -> dict[str, Any]:
+        """The container's inspect; SandboxNotFoundError when it no longer exists."""
+        with engine_errors("inspecting the sandbox container"):
+            return dict(self.api.inspect_container(container_id))
+
+    def container_running(self, container_id: str) -> bool:
+        """True when the container exists and runs."""
+        try:
+            return bool(self._inspect(container_id)["State"].get("Running"))
+        except SandboxNotFoundError:
+            return False
+
+    def state(self, container_id: str) -> SandboxState:
+        """The container's state now, as a sandbox state (REMOVED when it no longer exists)."""
+        try:
+            attrs = self._inspect(container_id)
+        except SandboxNotFoundError:
+            return SandboxState.REMOVED
+        return _STATES.get(str((attrs.get("State") or {}).get("Status", "")), SandboxState.STOPPED)
+
+    def pause(self, container_id: str) -> None:
+        """docker pause."""
+        with engine_errors("pausing the sandbox"):
+            self.api.pause(container_id)
+
+    def resume(self, container_id: str) -> None:
+        """docker unpause."""
+        with engine_errors("resuming the sandbox"):
+            self.api.unpause(container_id)
+
+    def stop(self, container_id: str, *, timeout: float = 5) -> None:
+        """docker stop."""
+        with engine_errors("stopping the sandbox"):
+            self.api.stop(container_id, timeout=int(timeout))
+
+    def remove(self, container_id: str, *, purge_volumes: bool = False) -> None:
+        """Remove the container, the agentbox-created networks it was the last user of, its socket
+        directory, and (with ``purge_volumes``, used when a start fails) the named volumes agentbox
+        created for it."""
+        from docker.errors import NotFound
+
+        try:
+            attrs = self._inspect(container_id)
+        except SandboxNotFoundError:
+            return
+        networks = list(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        sandbox_id = labels.get(LABELS.SANDBOX)
+        with engine_errors("removing the sandbox container"), contextlib.suppress(NotFound):
+            self.api.remove_container(container_id, force=True, v=True)
+        for name in networks:
+            self.networks.release(name)
+        # After the container: its server can no longer create the socket again meanwhile.
+        self.sockets.remove(labels.get(LABELS.SOCKET_DIR), sandbox_id)
+        if purge_volumes and sandbox_id:
+            remove_volumes(self.api, volumes_created_for(self.api, sandbox_id))
+
+    def logs(self, container_id: str, *, tail: int | None = None) -> str:
+        """The container's stdout and stderr."""
+        with engine_errors("reading the sandbox's log"):
+            data = self.api.logs(container_id, stdout=True, stderr=True, tail="all" if tail is None else tail)
+        return bytes(data).decode("utf-8", errors="replace")
+
+    # -- finding -------------------------------------------------------------------------------------------
+
+    def _info(self, summary: Mapping[str, Any]) -> SandboxInfo:
+        labels = summary.get("Labels") or {}
+        sandbox_id = labels.get(LABELS.SANDBOX, "")
+        record = None
+        with contextlib.suppress(SandboxError):
+            record = self.store.load(sandbox_id) if sandbox_id else None
+        state = _STATES.get(str(summary.get("State", "")), SandboxState.STOPPED)
+        url = None
+        if state is SandboxState.RUNNING or state is SandboxState.PAUSED:
+            with contextlib.suppress(SandboxError):
+                ep = self._endpoint(placement_of(summary), labels)
+                # Over a Unix socket the http URL names nothing: show where the socket is.
+                url = f"unix:{ep.uds}" if ep.uds else ep.url
+        owner_pid = record.owner_pid if record else _int(labels.get(LABELS.OWNER_PID))
+        names = summary.get("Names") or [""]
+        return SandboxInfo(
+            id=sandbox_id,
+            container_id=str(summary.get("Id", "")),
+            container_name=str(names[0]).lstrip("/"),
+            image=str(summary.get("Image", "")),
+            state=state,
+            created=_parse_created(labels.get(LABELS.CREATED)),
+            owner_pid=owner_pid,
+            owner_host=labels.get(LABELS.OWNER_HOST, ""),
+            url=url,
+            keep_alive=labels.get(LABELS.KEEP_ALIVE) == "1",
+            labels=dict(labels),
+        )
+
+    def list(
+        self, *, owner_host: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[SandboxInfo]:
+        """Every agentbox sandbox container (running or not), oldest first; optionally only those owned
+        from ``owner_host`` and carrying all of ``labels``."""
+        wanted = [LABELS.SANDBOX]
+        if owner_host is not None:
+            wanted.append(f"{LABELS.OWNER_HOST}={owner_host}")
+        wanted += [f"{k}={v}" for k, v in (labels or {}).items()]
+        with engine_errors("listing sandboxes"):
+            found = self.api.containers(all=True, filters={"label": wanted})
+        infos = [self._info(s) for s in found]
+        return sorted(infos, key=lambda i: (i.created or datetime.min.replace(tzinfo=timezone.utc), i.id))
+
+    def present_ids(self) -> set[str | None]:
+        """Ids of every sandbox that has a container on the engine."""
+        with engine_errors("listing sandboxes"):
+            found = self.api.containers(all=True, filters={"label": LABELS.SANDBOX})
+        return {(s.get("Labels") or {}).get(LABELS.SANDBOX) for s in found}
+
+    def find(self, sandbox_id: str) -> SandboxInfo:
+        """The sandbox with this id (or full/short container id, or container name)."""
+        with engine_errors("looking up the sandbox"):
+            found = self.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={sandbox_id}"})
+            if not found and sandbox_id:
+                # Also accept what `docker ps` shows: a container id (prefix) or name.
+                found = [
+                    s for s in self.api.containers(all=True, filters={"label": LABELS.SANDBOX})
+                    if (len(sandbox_id) >= 4 and str(s.get("Id", "")).startswith(sandbox_id))
+                    or sandbox_id in [str(n).lstrip("/") for n in s.get("Names") or []]
+                ]
+        if not found:
+            raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on this engine (list them with `agentbox ls`)")
+        if len(found) > 1:
+            raise SandboxNotFoundError(f"{sandbox_id!r} matches several sandboxes; give the full id")
+        return self._info(found[0])
+
+    def reap(self, *, dry_run: bool = False, labels: Mapping[str, str] | None = None) -> builtins.list[str]:
+        """Remove sandboxes whose owner is gone (keep-alive ones are kept), only those carrying all of
+        ``labels`` if given; returns their ids. See :mod:`agentbox.backends.docker.reaping`."""
+        return reaping.reap(self, dry_run=dry_run, labels=labels)
+
