@@ -43,7 +43,10 @@ from agentbox.errors import AgentboxError, ConfigError, ImageNotFoundError, Runt
 if TYPE_CHECKING:
     from agentbox.client import AsyncRuntimeClient, RuntimeClient
     from agentbox.protocol import (
+        BackgroundInfo,
+        BackgroundOutput,
         CommandResult,
+        DirListing,
         FileContent,
         FileWritten,
         OutputChunk,
@@ -432,6 +435,8 @@ class Sandbox:
         return [info for info in backend.list(owner_host=socket.gethostname()) if info.id in mine]
 
     # -- acting inside (thin forwards to the runtime client) -----------------------------------------------
+    # The everyday calls; every other runtime call is on .client. Signatures are the client's own
+    # (tests/unit/test_parity.py pins them, and the async twins below).
 
     def run(
         self,
@@ -472,8 +477,15 @@ class Sandbox:
         binary: bool = False,
         session: str = "default",
     ) -> FileContent:
-        """Read a file (relative paths: from the session's cwd, initially the work dir)."""
+        """Read a text file (relative paths: from the session's cwd, initially the work dir).
+
+        For bytes use :meth:`read_bytes` (``binary=True`` is deprecated: it returns base64 text).
+        """
         return self.client.read_file(path, start_line=start_line, end_line=end_line, binary=binary, session=session)
+
+    def read_bytes(self, path: str, *, session: str = "default") -> bytes:
+        """The exact bytes of a file in the sandbox."""
+        return self.client.read_bytes(path, session=session)
 
     def write_file(
         self,
@@ -484,21 +496,42 @@ class Sandbox:
         mode: int | None = None,
         session: str = "default",
     ) -> FileWritten:
-        """Write a file as the sandbox user (so it is owned by ``user_id`` in a bind mount)."""
+        """Write text or bytes to a file as the sandbox user (so it is owned by ``user_id`` in a bind mount)."""
         return self.client.write_file(path, content, append=append, mode=mode, session=session)
+
+    def list_dir(self, path: str = ".", *, include_hidden: bool = True, session: str = "default") -> DirListing:
+        """List a directory in the sandbox."""
+        return self.client.list_dir(path, include_hidden=include_hidden, session=session)
 
     def upload(self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default") -> UploadResult:
         """Copy a local file or directory tree into the sandbox (owned by the sandbox user)."""
         return self.client.upload(local_path, remote_path, session=session)
 
     def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
-        """Copy a file or directory tree out of the sandbox; returns the local path written."""
+        """Copy a file or directory tree out of the sandbox; returns the local path written.
+
+        The sandbox is not trusted: a tree with links or names leading outside ``local_path``, or with
+        special files, is refused (:class:`~agentbox.client.UnsafeDownloadError`) and nothing is written.
+        """
         return self.client.download(remote_path, local_path, session=session)
 
     def run_python(self, code: str, timeout: float | None = None) -> PythonResult:
         """Run ``code`` in the sandbox's stateful Python kernel (variables persist between calls)."""
         return self.client.run_python(code, timeout)
 
+    def start_background(
+        self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None, session: str = "default"
+    ) -> BackgroundInfo:
+        """Start a detached command (a server, a watcher...); read its output with :meth:`read_background`."""
+        return self.client.start_background(command, cwd=cwd, env=env, session=session)
+
+    def read_background(self, bg_id: str, *, offset: int = 0, max_bytes: int = 1_000_000) -> BackgroundOutput:
+        """Output of a background command from byte ``offset``."""
+        return self.client.read_background(bg_id, offset=offset, max_bytes=max_bytes)
+
+    def kill_background(self, bg_id: str) -> BackgroundInfo:
+        """Kill a background command and everything it started."""
+        return self.client.kill_background(bg_id)
 
 def reap(dry_run: bool = False, *, backend: Backend | None = None) -> list[str]:
     """Remove this host's sandboxes whose owner process is gone (not keep-alive ones); returns their ids."""
@@ -552,14 +585,11 @@ class AsyncSandbox:
     @property
     def client(self) -> AsyncRuntimeClient:
         """The :class:`~agentbox.client.AsyncRuntimeClient` of the runtime server."""
-        self._core._check_usable()
+        core_client = self._core.client  # checks the sandbox is usable
         if self._aclient is None:
             from agentbox.client import AsyncRuntimeClient
 
-            assert self._core._key is not None
-            self._aclient = AsyncRuntimeClient(
-                self._core.url, self._core._key, timeout=self._core.config.timeout, uds=self._core.uds
-            )
+            self._aclient = AsyncRuntimeClient.like(core_client)
         return self._aclient
 
     async def _drop_client(self) -> None:
@@ -625,6 +655,8 @@ class AsyncSandbox:
         """Sandboxes on the engine (see :meth:`Sandbox.list`)."""
         return await asyncio.to_thread(Sandbox.list, all_owners, backend=backend)
 
+    # -- acting inside (the same forwards as Sandbox, awaitable) -------------------------------------------
+
     async def run(
         self,
         command: str,
@@ -660,10 +692,14 @@ class AsyncSandbox:
         binary: bool = False,
         session: str = "default",
     ) -> FileContent:
-        """Read a file in the sandbox."""
+        """Read a text file in the sandbox (see :meth:`Sandbox.read_file`)."""
         return await self.client.read_file(
             path, start_line=start_line, end_line=end_line, binary=binary, session=session
         )
+
+    async def read_bytes(self, path: str, *, session: str = "default") -> bytes:
+        """The exact bytes of a file in the sandbox."""
+        return await self.client.read_bytes(path, session=session)
 
     async def write_file(
         self,
@@ -674,8 +710,12 @@ class AsyncSandbox:
         mode: int | None = None,
         session: str = "default",
     ) -> FileWritten:
-        """Write a file as the sandbox user."""
+        """Write text or bytes to a file as the sandbox user."""
         return await self.client.write_file(path, content, append=append, mode=mode, session=session)
+
+    async def list_dir(self, path: str = ".", *, include_hidden: bool = True, session: str = "default") -> DirListing:
+        """List a directory in the sandbox."""
+        return await self.client.list_dir(path, include_hidden=include_hidden, session=session)
 
     async def upload(
         self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default"
@@ -684,9 +724,23 @@ class AsyncSandbox:
         return await self.client.upload(local_path, remote_path, session=session)
 
     async def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
-        """Copy a file or tree out of the sandbox."""
+        """Copy a file or tree out of the sandbox (see :meth:`Sandbox.download`)."""
         return await self.client.download(remote_path, local_path, session=session)
 
     async def run_python(self, code: str, timeout: float | None = None) -> PythonResult:
         """Run ``code`` in the stateful Python kernel."""
         return await self.client.run_python(code, timeout)
+
+    async def start_background(
+        self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None, session: str = "default"
+    ) -> BackgroundInfo:
+        """Start a detached command."""
+        return await self.client.start_background(command, cwd=cwd, env=env, session=session)
+
+    async def read_background(self, bg_id: str, *, offset: int = 0, max_bytes: int = 1_000_000) -> BackgroundOutput:
+        """Output of a background command from byte ``offset``."""
+        return await self.client.read_background(bg_id, offset=offset, max_bytes=max_bytes)
+
+    async def kill_background(self, bg_id: str) -> BackgroundInfo:
+        """Kill a background command and everything it started."""
+        return await self.client.kill_background(bg_id)
