@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -127,7 +128,7 @@ def test_async_consumer_that_stops_early_closes_the_producer() -> None:
 
     async def main() -> None:
         producer = ThreadProducer(produce, name="async")
-        chunks = aiterate_producer(producer)
+        chunks = cast(AsyncGenerator[bytes, None], aiterate_producer(producer))
         assert await chunks.__anext__() == b"z" * 10
         await chunks.aclose()
         assert not producer.alive
