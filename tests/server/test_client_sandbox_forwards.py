@@ -38,6 +38,9 @@ def test_sync_forwards(sandbox: Sandbox, tmp_path: Path, server: ServerProcess) 
     sandbox.write_file("b.bin", b"\x00\xfe")
     sandbox.write_file("b.bin", b"\x01", append=True)
     assert sandbox.read_bytes("b.bin") == b"\x00\xfe\x01"
+    with pytest.warns(DeprecationWarning) as warned:
+        assert sandbox.read_file("b.bin", binary=True).content == "AP4B"
+    assert warned[0].filename == __file__  # the user's line, not the forward's
     assert {e.name for e in sandbox.list_dir(".", include_hidden=False).entries} >= {"t.txt", "b.bin"}
     (tmp_path / "up.txt").write_text("up")
     assert sandbox.upload(tmp_path / "up.txt", "up.txt").bytes == 2

@@ -206,6 +206,18 @@ def test_binary_read_file_is_deprecated_and_warns_at_the_callers_line(stub: Stub
     assert warned[0].filename == __file__
 
 
+def test_async_binary_read_file_warns_at_the_callers_line(stub: Stub) -> None:
+    (stub.root / "old-async.bin").write_bytes(b"\xff")
+
+    async def main() -> str:
+        async with AsyncRuntimeClient(stub.url, "k") as client:
+            return (await client.read_file("old-async.bin", binary=True)).content
+
+    with pytest.warns(DeprecationWarning, match="read_bytes") as warned:
+        assert asyncio.run(main()) == "/w=="
+    assert warned[0].filename == __file__
+
+
 def test_bytes_fall_back_to_the_json_routes_of_a_server_without_raw_routes(stub: Stub) -> None:
     stub.raw_routes = False
     with RuntimeClient(stub.url, "k") as client:
