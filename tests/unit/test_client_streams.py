@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -134,4 +135,44 @@ def test_async_consumer_that_stops_early_closes_the_producer() -> None:
         assert not producer.alive
 
     asyncio.run(main())
+    assert _producers() == []
+
+
+def test_the_bridges_serve_a_starlette_app_too() -> None:
+    """The server's shapes: a request body read by a worker thread, a response made by a producer thread."""
+    import tarfile
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    async def upload(request: Request) -> Response:
+        reader = IterReader(iterate_from_thread(request.stream(), asyncio.get_running_loop()))
+        data = await asyncio.to_thread(reader.read)  # what receive_file does, 1 MiB at a time
+        return JSONResponse({"bytes": len(data), "head": data[:3].decode()})
+
+    async def download(request: Request) -> Response:
+        def produce(sink: Sink) -> None:
+            with tarfile.open(fileobj=sink, mode="w|") as tar:  # type: ignore[call-overload]
+                info = tarfile.TarInfo("f.txt")
+                info.size = 5
+                tar.addfile(info, io.BytesIO(b"hello"))
+
+        return StreamingResponse(aiterate_producer(ThreadProducer(produce, name="download")))
+
+    app = Starlette(routes=[Route("/up", upload, methods=["PUT"]), Route("/down", download)])
+
+    async def main() -> tuple[dict[str, object], bytes]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            up = await client.put("/up", content=b"abc" * 100_000)
+            down = await client.get("/down")
+            return up.json(), down.content
+
+    answer, tar_bytes = asyncio.run(main())
+    assert answer == {"bytes": 300_000, "head": "abc"}
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        member = tar.extractfile("f.txt")
+        assert member is not None and member.read() == b"hello"
     assert _producers() == []
