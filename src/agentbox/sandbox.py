@@ -180,7 +180,9 @@ class Sandbox:
                     from agentbox.client import RuntimeClient
 
                     assert self._key is not None
-                    self._client = RuntimeClient(self.url, self._key, timeout=self.config.timeout, uds=self.uds)
+                    self._client = RuntimeClient(
+                        self.url, self._key, timeout=self.config.timeout, uds=self.uds, sandbox_id=self.id
+                    )
         return self._client
 
     def _check_usable(self) -> None:

@@ -13,6 +13,7 @@ import pytest
 from server_process import API_KEY, ServerProcess
 
 from agentbox.backends.base import Endpoint
+from agentbox.errors import NotFoundError
 from agentbox.protocol import OutputChunk, StreamEnd
 from agentbox.sandbox import AsyncSandbox, Sandbox, SandboxState
 
@@ -50,6 +51,23 @@ def test_sync_forwards(sandbox: Sandbox, tmp_path: Path, server: ServerProcess) 
     assert sandbox.kill_background(bg.id).id == bg.id
     assert sandbox.read_background(bg.id, offset=0, max_bytes=100).id == bg.id
     sandbox.run(f"cd {server.work_dir}")
+
+
+def test_errors_from_forwards_name_the_sandbox(sandbox: Sandbox) -> None:
+    with pytest.raises(NotFoundError) as info:
+        sandbox.read_bytes("no/such/file")
+    assert info.value.sandbox_id == sandbox.id and sandbox.id in str(info.value)
+
+    async def main() -> None:
+        asb = AsyncSandbox._wrap(sandbox)
+        try:
+            await asb.kill_background("bg-nope")
+        finally:
+            await asb._drop_client()
+
+    with pytest.raises(NotFoundError) as async_info:
+        asyncio.run(main())
+    assert async_info.value.sandbox_id == sandbox.id
 
 
 def test_async_forwards(sandbox: Sandbox, tmp_path: Path, server: ServerProcess) -> None:
