@@ -24,12 +24,12 @@ import enum
 import functools
 import os
 import posixpath
+import secrets
 import shutil
 import socket
 import stat
 import sys
 import tarfile
-import tempfile
 import urllib.parse
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -607,28 +607,27 @@ def _upload_source(local: str, tree: bool) -> FileChunks | ThreadProducer:
     return _tar_producer(local) if tree else FileChunks(local)
 
 
+def _sibling(path: str, suffix: str) -> str:
+    """A fresh hidden name next to ``path`` (same directory, so the final rename stays on one file system)."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{secrets.token_hex(6)}{suffix}")
+
+
 def _write_file(local: str, chunks: Iterator[bytes]) -> None:
     """Write a downloaded file next to ``local`` and rename it into place once complete."""
-    parent = os.path.dirname(os.path.abspath(local))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(local)}.", suffix=".part", dir=parent)
+    local = os.path.abspath(local)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    tmp = _sibling(local, ".part")
+    # 0o666: the user's umask decides, as for any file they create.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, local)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _member_parts(name: str, what: str) -> tuple[str, ...]:
@@ -667,7 +666,6 @@ class _TreeExtractor:
         except (tarfile.TarError, EOFError) as exc:
             raise FileOperationError(f"the downloaded tree is not a valid tar stream: {exc}") from exc
         self._check_links()
-        self._dir_modes.setdefault(self.root, 0o777 & ~_umask())  # not mkdtemp's 0o700 if the tar had no "."
         # Last, deepest first: a read-only directory would have refused the files written into it.
         for path in sorted(self._dir_modes, key=len, reverse=True):
             os.chmod(path, self._dir_modes[path])
@@ -756,7 +754,8 @@ def _extract_tree(source: IO[bytes], dest: str) -> None:
         raise FileOperationError(f"cannot download a directory to {dest}: it exists and is not a directory")
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.", suffix=".agentbox-download", dir=parent)
+    tmp = _sibling(dest, ".agentbox-download")
+    os.mkdir(tmp, 0o777)  # the user's umask decides its mode, unless the archive gives its root's
     try:
         extractor = _TreeExtractor(tmp)
         extractor.extract(source)
@@ -765,7 +764,23 @@ def _extract_tree(source: IO[bytes], dest: str) -> None:
         else:
             _move_into(tmp, dest)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove what is left of a private extraction directory, read-only directories inside it included."""
+
+    def retry(func: Callable[..., Any], failed: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(failed), 0o700)
+            func(failed)
+
+    if not os.path.lexists(path):
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)  # deprecated from 3.12 on
 
 
 def _move_into(src: str, dest: str) -> None:

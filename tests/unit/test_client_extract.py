@@ -143,3 +143,13 @@ def test_destination_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileOperationError, match="not a directory"):
         _extract_tree(io.BytesIO(_tar(M("a"))), str(tmp_path / "f"))
+
+
+def test_failed_merge_with_read_only_directories_leaves_no_temp_tree(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    (dest / "ro").mkdir(parents=True)
+    (dest / "ro" / "sub").mkdir()  # a directory where the archive has a file: the merge must fail
+    data = _tar(M("ro", kind=DIR, mode=0o555), M("ro/sub", b"file now"), M("ro/other", b"o"))
+    with pytest.raises(FileOperationError, match="sub"):
+        _extract_tree(io.BytesIO(data), str(dest))
+    assert sorted(os.listdir(tmp_path)) == ["dest"]
