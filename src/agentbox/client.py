@@ -356,6 +356,14 @@ def _cwd_env(cwd: str | None, env: Mapping[str, str] | None) -> dict[str, Any]:
     return _optional(cwd=cwd, env=dict(env) if env else None)
 
 
+def _file_bytes(content: str | bytes) -> bytes:
+    """What ``write_file`` puts in the file: bytes as they are, text as UTF-8."""
+    if isinstance(content, str):
+        _check_text("content", content)
+        return content.encode()
+    return bytes(content)
+
+
 def _base64_content(path: str, data: bytes) -> FileContent:
     return FileContent(path=path, content=base64.b64encode(data).decode(), encoding="base64", size=len(data))
 
@@ -506,11 +514,6 @@ class _Calls:
         content = base64.b64encode(data).decode()
         fields = {"content": content, "encoding": "base64", "append": append, "mode": mode, "session": session}
         body = _body(WriteFile, path=path, **fields)
-        return _json_call("POST", "/files/write", FileWritten, body)
-
-    @staticmethod
-    def write_text(path: str, content: str, append: bool, mode: int | None, session: str) -> _Call[FileWritten]:
-        body = _body(WriteFile, path=path, content=content, append=append, mode=mode, session=session)
         return _json_call("POST", "/files/write", FileWritten, body)
 
     @staticmethod
@@ -1093,10 +1096,8 @@ class RuntimeClient(_BaseClient):
         mode: int | None = None,
         session: str = "default",
     ) -> FileWritten:
-        """Write text (as UTF-8) or bytes (sent raw, not base64) to a file, creating parent directories."""
-        if isinstance(content, str):
-            return self._send(_Calls.write_text(path, content, append, mode, session))
-        data = bytes(content)
+        """Write text (as UTF-8) or bytes to a file, creating parent directories (sent raw, not inside JSON)."""
+        data = _file_bytes(content)
         if self._raw_files is not False:
             try:
                 written = self._send(_Calls.write_bytes(path, append, mode, session), data)
@@ -1415,10 +1416,8 @@ class AsyncRuntimeClient(_BaseClient):
         mode: int | None = None,
         session: str = "default",
     ) -> FileWritten:
-        """Write text (as UTF-8) or bytes (sent raw, not base64) to a file, creating parent directories."""
-        if isinstance(content, str):
-            return await self._send(_Calls.write_text(path, content, append, mode, session))
-        data = bytes(content)
+        """Write text (as UTF-8) or bytes to a file, creating parent directories (sent raw, not inside JSON)."""
+        data = _file_bytes(content)
         if self._raw_files is not False:
             try:
                 written = await self._send(_Calls.write_bytes(path, append, mode, session), data)
