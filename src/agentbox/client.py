@@ -7,11 +7,15 @@ classes only send calls; each public method is a one-line delegation to the shar
 raise the exceptions of :mod:`agentbox.errors` through ``error_from_wire``; httpx transport errors are
 translated in :func:`_translate_transport` only, chained to their cause.
 
-File bytes travel as raw HTTP bodies (``GET``/``PUT /files/raw``, ``/files/upload``, ``/files/download``),
-never as base64 inside JSON. Streams are bridged by :mod:`agentbox._streams`. A downloaded tree is
-extracted by :class:`_TreeExtractor`, which trusts nothing in the archive (the server runs inside the
-sandbox, next to the agent): it is refused as :class:`UnsafeDownloadError` if any member would land outside
-the destination, and only a fully checked tree is moved into place.
+File contents travel as raw HTTP bodies (``GET``/``PUT /files/raw``, ``/files/upload``, ``/files/download``),
+never as base64 inside JSON (except through the JSON routes of an older server, which has no
+``/files/raw``). Idempotent calls are sent again once when a kept-alive connection turns out to have been
+closed by the server while idle (:class:`_ConnectionTrace`); strings that cannot be sent (lone surrogates)
+are refused as ``BadRequestError`` before anything is sent. Streams are bridged by :mod:`agentbox._streams`.
+
+A downloaded tree is extracted by :class:`_TreeExtractor`, which trusts nothing in the archive (the server
+runs inside the sandbox, next to the agent): it is refused as :class:`UnsafeDownloadError` if any member
+would land outside the destination, and only a fully checked tree is moved into place.
 """
 
 from __future__ import annotations
@@ -524,8 +528,7 @@ class _Calls:
             path=path, session=session, mode=None if mode is None else str(mode), append="true" if append else "false"
         )
         # Replacing a file with the same bytes twice is the same as once; appending twice is not.
-        call = _json_call("PUT", "/files/raw", FileWritten, params=params, long=True, idempotent=not append)
-        return call
+        return _json_call("PUT", "/files/raw", FileWritten, params=params, long=True, idempotent=not append)
 
     @staticmethod
     def list_dir(path: str, include_hidden: bool, session: str) -> _Call[DirListing]:
