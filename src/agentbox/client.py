@@ -296,6 +296,8 @@ class _SseParser:
 def _bad_text(value: object) -> str | None:
     """Where in ``value`` a string cannot be encoded as UTF-8 (a lone surrogate), or None."""
     if isinstance(value, str):
+        if value.isascii():  # the usual case, checked without making an encoded copy
+            return None
         try:
             value.encode()
         except UnicodeEncodeError as exc:
@@ -363,8 +365,11 @@ def _cwd_env(cwd: str | None, env: Mapping[str, str] | None) -> dict[str, Any]:
 def _file_bytes(content: str | bytes) -> bytes:
     """What ``write_file`` puts in the file: bytes as they are, text as UTF-8."""
     if isinstance(content, str):
-        _check_text("content", content)
-        return content.encode()
+        try:
+            return content.encode()
+        except UnicodeEncodeError as exc:
+            problem = f"a lone surrogate {content[exc.start]!r} at index {exc.start}"
+            raise BadRequestError(f"content cannot be sent: it contains {problem} (not valid UTF-8)") from exc
     return bytes(content)
 
 
