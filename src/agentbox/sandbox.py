@@ -21,6 +21,7 @@ worker thread, runtime calls go through :class:`~agentbox.client.AsyncRuntimeCli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shlex
@@ -440,6 +441,15 @@ class Sandbox:
     # The everyday calls; every other runtime call is on .client. Signatures are the client's own
     # (tests/unit/test_parity.py pins them, and the async twins below).
 
+    def _forwarding(self) -> contextlib.AbstractContextManager[None]:
+        """The one guard around every forward below. The client already names this sandbox in its errors;
+        this is where a handle reacts to a call that lost its server (the lifecycle's job)."""
+        return contextlib.nullcontext()
+
+    def _forwarding_each(self, events: Iterator[OutputChunk | StreamEnd]) -> Iterator[OutputChunk | StreamEnd]:
+        with self._forwarding():
+            yield from events
+
     def run(
         self,
         command: str,
@@ -454,10 +464,11 @@ class Sandbox:
         ``timeout`` interrupts it (partial output kept, session usable); ``no_output_timeout`` hands control
         back while it keeps running. Returns exit_code, output, cwd, timed_out...
         """
-        return self.client.run(
-            command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
-            max_output_chars=max_output_chars,
-        )
+        with self._forwarding():
+            return self.client.run(
+                command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
+                max_output_chars=max_output_chars,
+            )
 
     def stream(
         self,
@@ -468,7 +479,8 @@ class Sandbox:
         no_output_timeout: float | None = None,
     ) -> Iterator[OutputChunk | StreamEnd]:
         """Run ``command``, yielding output chunks as they come, then the result (a StreamEnd)."""
-        return self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+        events = self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+        return self._forwarding_each(events)
 
     def read_file(
         self,
@@ -483,11 +495,13 @@ class Sandbox:
 
         For bytes use :meth:`read_bytes` (``binary=True`` is deprecated: it returns base64 text).
         """
-        return self.client.read_file(path, start_line=start_line, end_line=end_line, binary=binary, session=session)
+        with self._forwarding():
+            return self.client.read_file(path, start_line=start_line, end_line=end_line, binary=binary, session=session)
 
     def read_bytes(self, path: str, *, session: str = "default") -> bytes:
         """The exact bytes of a file in the sandbox."""
-        return self.client.read_bytes(path, session=session)
+        with self._forwarding():
+            return self.client.read_bytes(path, session=session)
 
     def write_file(
         self,
@@ -499,15 +513,18 @@ class Sandbox:
         session: str = "default",
     ) -> FileWritten:
         """Write text or bytes to a file as the sandbox user (so it is owned by ``user_id`` in a bind mount)."""
-        return self.client.write_file(path, content, append=append, mode=mode, session=session)
+        with self._forwarding():
+            return self.client.write_file(path, content, append=append, mode=mode, session=session)
 
     def list_dir(self, path: str = ".", *, include_hidden: bool = True, session: str = "default") -> DirListing:
         """List a directory in the sandbox."""
-        return self.client.list_dir(path, include_hidden=include_hidden, session=session)
+        with self._forwarding():
+            return self.client.list_dir(path, include_hidden=include_hidden, session=session)
 
     def upload(self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default") -> UploadResult:
         """Copy a local file or directory tree into the sandbox (owned by the sandbox user)."""
-        return self.client.upload(local_path, remote_path, session=session)
+        with self._forwarding():
+            return self.client.upload(local_path, remote_path, session=session)
 
     def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
         """Copy a file or directory tree out of the sandbox; returns the local path written.
@@ -515,25 +532,30 @@ class Sandbox:
         The sandbox is not trusted: a tree with links or names leading outside ``local_path``, or with
         special files, is refused (:class:`~agentbox.client.UnsafeDownloadError`) and nothing is written.
         """
-        return self.client.download(remote_path, local_path, session=session)
+        with self._forwarding():
+            return self.client.download(remote_path, local_path, session=session)
 
     def run_python(self, code: str, timeout: float | None = None) -> PythonResult:
         """Run ``code`` in the sandbox's stateful Python kernel (variables persist between calls)."""
-        return self.client.run_python(code, timeout)
+        with self._forwarding():
+            return self.client.run_python(code, timeout)
 
     def start_background(
         self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None, session: str = "default"
     ) -> BackgroundInfo:
         """Start a detached command (a server, a watcher...); read its output with :meth:`read_background`."""
-        return self.client.start_background(command, cwd=cwd, env=env, session=session)
+        with self._forwarding():
+            return self.client.start_background(command, cwd=cwd, env=env, session=session)
 
     def read_background(self, bg_id: str, *, offset: int = 0, max_bytes: int = 1_000_000) -> BackgroundOutput:
         """Output of a background command from byte ``offset``."""
-        return self.client.read_background(bg_id, offset=offset, max_bytes=max_bytes)
+        with self._forwarding():
+            return self.client.read_background(bg_id, offset=offset, max_bytes=max_bytes)
 
     def kill_background(self, bg_id: str) -> BackgroundInfo:
         """Kill a background command and everything it started."""
-        return self.client.kill_background(bg_id)
+        with self._forwarding():
+            return self.client.kill_background(bg_id)
 
 def reap(dry_run: bool = False, *, backend: Backend | None = None) -> list[str]:
     """Remove this host's sandboxes whose owner process is gone (not keep-alive ones); returns their ids."""
@@ -659,6 +681,17 @@ class AsyncSandbox:
 
     # -- acting inside (the same forwards as Sandbox, awaitable) -------------------------------------------
 
+    def _forwarding(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The one guard around every forward below (see :meth:`Sandbox._forwarding`)."""
+        return contextlib.nullcontext()
+
+    async def _forwarding_each(
+        self, events: AsyncIterator[OutputChunk | StreamEnd]
+    ) -> AsyncIterator[OutputChunk | StreamEnd]:
+        async with self._forwarding():
+            async for event in events:
+                yield event
+
     async def run(
         self,
         command: str,
@@ -669,10 +702,11 @@ class AsyncSandbox:
         max_output_chars: int | None = None,
     ) -> CommandResult:
         """Run ``command`` in a persistent bash session (see :meth:`Sandbox.run`)."""
-        return await self.client.run(
-            command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
-            max_output_chars=max_output_chars,
-        )
+        async with self._forwarding():
+            return await self.client.run(
+                command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
+                max_output_chars=max_output_chars,
+            )
 
     def stream(
         self,
@@ -683,7 +717,8 @@ class AsyncSandbox:
         no_output_timeout: float | None = None,
     ) -> AsyncIterator[OutputChunk | StreamEnd]:
         """Run ``command``, yielding output chunks as they come, then the result."""
-        return self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+        events = self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+        return self._forwarding_each(events)
 
     async def read_file(
         self,
@@ -695,13 +730,15 @@ class AsyncSandbox:
         session: str = "default",
     ) -> FileContent:
         """Read a text file in the sandbox (see :meth:`Sandbox.read_file`)."""
-        return await self.client.read_file(
-            path, start_line=start_line, end_line=end_line, binary=binary, session=session
-        )
+        async with self._forwarding():
+            return await self.client.read_file(
+                path, start_line=start_line, end_line=end_line, binary=binary, session=session
+            )
 
     async def read_bytes(self, path: str, *, session: str = "default") -> bytes:
         """The exact bytes of a file in the sandbox."""
-        return await self.client.read_bytes(path, session=session)
+        async with self._forwarding():
+            return await self.client.read_bytes(path, session=session)
 
     async def write_file(
         self,
@@ -713,36 +750,44 @@ class AsyncSandbox:
         session: str = "default",
     ) -> FileWritten:
         """Write text or bytes to a file as the sandbox user."""
-        return await self.client.write_file(path, content, append=append, mode=mode, session=session)
+        async with self._forwarding():
+            return await self.client.write_file(path, content, append=append, mode=mode, session=session)
 
     async def list_dir(self, path: str = ".", *, include_hidden: bool = True, session: str = "default") -> DirListing:
         """List a directory in the sandbox."""
-        return await self.client.list_dir(path, include_hidden=include_hidden, session=session)
+        async with self._forwarding():
+            return await self.client.list_dir(path, include_hidden=include_hidden, session=session)
 
     async def upload(
         self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default"
     ) -> UploadResult:
         """Copy a local file or tree into the sandbox."""
-        return await self.client.upload(local_path, remote_path, session=session)
+        async with self._forwarding():
+            return await self.client.upload(local_path, remote_path, session=session)
 
     async def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
         """Copy a file or tree out of the sandbox (see :meth:`Sandbox.download`)."""
-        return await self.client.download(remote_path, local_path, session=session)
+        async with self._forwarding():
+            return await self.client.download(remote_path, local_path, session=session)
 
     async def run_python(self, code: str, timeout: float | None = None) -> PythonResult:
         """Run ``code`` in the stateful Python kernel."""
-        return await self.client.run_python(code, timeout)
+        async with self._forwarding():
+            return await self.client.run_python(code, timeout)
 
     async def start_background(
         self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None, session: str = "default"
     ) -> BackgroundInfo:
         """Start a detached command."""
-        return await self.client.start_background(command, cwd=cwd, env=env, session=session)
+        async with self._forwarding():
+            return await self.client.start_background(command, cwd=cwd, env=env, session=session)
 
     async def read_background(self, bg_id: str, *, offset: int = 0, max_bytes: int = 1_000_000) -> BackgroundOutput:
         """Output of a background command from byte ``offset``."""
-        return await self.client.read_background(bg_id, offset=offset, max_bytes=max_bytes)
+        async with self._forwarding():
+            return await self.client.read_background(bg_id, offset=offset, max_bytes=max_bytes)
 
     async def kill_background(self, bg_id: str) -> BackgroundInfo:
         """Kill a background command and everything it started."""
-        return await self.client.kill_background(bg_id)
+        async with self._forwarding():
+            return await self.client.kill_background(bg_id)

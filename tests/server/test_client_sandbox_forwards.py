@@ -7,13 +7,15 @@ tests/docker. test_parity.py pins the signatures; this pins that each forward pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from server_process import API_KEY, ServerProcess
 
 from agentbox.backends.base import Endpoint
-from agentbox.errors import NotFoundError
+from agentbox.errors import KernelUnavailableError, NotFoundError
 from agentbox.protocol import OutputChunk, StreamEnd
 from agentbox.sandbox import AsyncSandbox, Sandbox, SandboxState
 
@@ -94,3 +96,60 @@ def test_async_forwards(sandbox: Sandbox, tmp_path: Path, server: ServerProcess)
 
     asyncio.run(main())
     sandbox.detach()
+
+
+def test_every_forward_goes_through_the_one_guard(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def guard(self: Sandbox) -> Iterator[None]:
+        entered.append("sync")
+        yield
+
+    @contextlib.asynccontextmanager
+    async def aguard(self: AsyncSandbox) -> AsyncIterator[None]:
+        entered.append("async")
+        yield
+
+    monkeypatch.setattr(Sandbox, "_forwarding", guard)
+    monkeypatch.setattr(AsyncSandbox, "_forwarding", aguard)
+    (tmp_path / "g.txt").write_text("g")
+    sandbox.run("true")
+    list(sandbox.stream("true"))
+    sandbox.write_file("g.txt", "g")
+    sandbox.read_file("g.txt")
+    sandbox.read_bytes("g.txt")
+    sandbox.list_dir()
+    sandbox.upload(tmp_path / "g.txt", "g2.txt")
+    sandbox.download("g2.txt", tmp_path / "g3.txt")
+    with contextlib.suppress(KernelUnavailableError):  # the kernel packages need not be on this host
+        sandbox.run_python("1")
+    bg = sandbox.start_background("true")
+    sandbox.read_background(bg.id)
+    sandbox.kill_background(bg.id)
+    assert entered == ["sync"] * 12
+
+    async def main() -> None:
+        asb = AsyncSandbox._wrap(sandbox)
+        try:
+            await asb.run("true")
+            [e async for e in asb.stream("true")]
+            await asb.write_file("g.txt", "g")
+            await asb.read_file("g.txt")
+            await asb.read_bytes("g.txt")
+            await asb.list_dir()
+            await asb.upload(tmp_path / "g.txt", "g2.txt")
+            await asb.download("g2.txt", tmp_path / "g4.txt")
+            with contextlib.suppress(KernelUnavailableError):
+                await asb.run_python("1")
+            abg = await asb.start_background("true")
+            await asb.read_background(abg.id)
+            await asb.kill_background(abg.id)
+        finally:
+            await asb._drop_client()
+
+    entered.clear()
+    asyncio.run(main())
+    assert entered == ["async"] * 12
