@@ -53,7 +53,10 @@ from agentbox.errors import (
 if TYPE_CHECKING:
     from agentbox.client import AsyncRuntimeClient, RuntimeClient
     from agentbox.protocol import (
+        BackgroundInfo,
+        BackgroundOutput,
         CommandResult,
+        DirListing,
         FileContent,
         FileWritten,
         OutputChunk,
@@ -192,7 +195,9 @@ class Sandbox:
                     from agentbox.client import RuntimeClient
 
                     assert self._key is not None
-                    self._client = RuntimeClient(self.url, self._key, timeout=self.config.timeout, uds=self.uds)
+                    self._client = RuntimeClient(
+                        self.url, self._key, timeout=self.config.timeout, uds=self.uds, sandbox_id=self.id
+                    )
         return self._client
 
     def _check_usable(self) -> None:
@@ -553,6 +558,17 @@ class Sandbox:
         return [info for info in backend.list(owner_host=socket.gethostname()) if info.id in mine]
 
     # -- acting inside (thin forwards to the runtime client) -----------------------------------------------
+    # The everyday calls; every other runtime call is on .client. Signatures are the client's own
+    # (tests/unit/test_parity.py pins them, and the async twins below).
+
+    def _forwarding(self) -> contextlib.AbstractContextManager[None]:
+        """The one guard around every forward below. The client already names this sandbox in its errors;
+        this is where a handle reacts to a call that lost its server (the lifecycle's job)."""
+        return contextlib.nullcontext()
+
+    def _forwarding_each(self, events: Iterator[OutputChunk | StreamEnd]) -> Iterator[OutputChunk | StreamEnd]:
+        with self._forwarding():
+            yield from events
 
     def run(
         self,
@@ -568,10 +584,11 @@ class Sandbox:
         ``timeout`` interrupts it (partial output kept, session usable); ``no_output_timeout`` hands control
         back while it keeps running. Returns exit_code, output, cwd, timed_out...
         """
-        return self.client.run(
-            command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
-            max_output_chars=max_output_chars,
-        )
+        with self._forwarding():
+            return self.client.run(
+                command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
+                max_output_chars=max_output_chars,
+            )
 
     def stream(
         self,
@@ -582,7 +599,8 @@ class Sandbox:
         no_output_timeout: float | None = None,
     ) -> Iterator[OutputChunk | StreamEnd]:
         """Run ``command``, yielding output chunks as they come, then the result (a StreamEnd)."""
-        return self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+        events = self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+        return self._forwarding_each(events)
 
     def read_file(
         self,
@@ -593,8 +611,17 @@ class Sandbox:
         binary: bool = False,
         session: str = "default",
     ) -> FileContent:
-        """Read a file (relative paths: from the session's cwd, initially the work dir)."""
-        return self.client.read_file(path, start_line=start_line, end_line=end_line, binary=binary, session=session)
+        """Read a text file (relative paths: from the session's cwd, initially the work dir).
+
+        For bytes use :meth:`read_bytes` (``binary=True`` is deprecated: it returns base64 text).
+        """
+        with self._forwarding():
+            return self.client.read_file(path, start_line=start_line, end_line=end_line, binary=binary, session=session)
+
+    def read_bytes(self, path: str, *, session: str = "default") -> bytes:
+        """The exact bytes of a file in the sandbox."""
+        with self._forwarding():
+            return self.client.read_bytes(path, session=session)
 
     def write_file(
         self,
@@ -605,21 +632,50 @@ class Sandbox:
         mode: int | None = None,
         session: str = "default",
     ) -> FileWritten:
-        """Write a file as the sandbox user (so it is owned by ``user_id`` in a bind mount)."""
-        return self.client.write_file(path, content, append=append, mode=mode, session=session)
+        """Write text or bytes to a file as the sandbox user (so it is owned by ``user_id`` in a bind mount)."""
+        with self._forwarding():
+            return self.client.write_file(path, content, append=append, mode=mode, session=session)
+
+    def list_dir(self, path: str = ".", *, include_hidden: bool = True, session: str = "default") -> DirListing:
+        """List a directory in the sandbox."""
+        with self._forwarding():
+            return self.client.list_dir(path, include_hidden=include_hidden, session=session)
 
     def upload(self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default") -> UploadResult:
         """Copy a local file or directory tree into the sandbox (owned by the sandbox user)."""
-        return self.client.upload(local_path, remote_path, session=session)
+        with self._forwarding():
+            return self.client.upload(local_path, remote_path, session=session)
 
     def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
-        """Copy a file or directory tree out of the sandbox; returns the local path written."""
-        return self.client.download(remote_path, local_path, session=session)
+        """Copy a file or directory tree out of the sandbox; returns the local path written.
+
+        The sandbox is not trusted: a tree with links or names leading outside ``local_path``, or with
+        special files, is refused (:class:`~agentbox.client.UnsafeDownloadError`) and nothing is written.
+        """
+        with self._forwarding():
+            return self.client.download(remote_path, local_path, session=session)
 
     def run_python(self, code: str, timeout: float | None = None) -> PythonResult:
         """Run ``code`` in the sandbox's stateful Python kernel (variables persist between calls)."""
-        return self.client.run_python(code, timeout)
+        with self._forwarding():
+            return self.client.run_python(code, timeout)
 
+    def start_background(
+        self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None, session: str = "default"
+    ) -> BackgroundInfo:
+        """Start a detached command (a server, a watcher...); read its output with :meth:`read_background`."""
+        with self._forwarding():
+            return self.client.start_background(command, cwd=cwd, env=env, session=session)
+
+    def read_background(self, bg_id: str, *, offset: int = 0, max_bytes: int = 1_000_000) -> BackgroundOutput:
+        """Output of a background command from byte ``offset``."""
+        with self._forwarding():
+            return self.client.read_background(bg_id, offset=offset, max_bytes=max_bytes)
+
+    def kill_background(self, bg_id: str) -> BackgroundInfo:
+        """Kill a background command and everything it started."""
+        with self._forwarding():
+            return self.client.kill_background(bg_id)
 
 def reap(
     dry_run: bool = False, *, backend: Backend | None = None, labels: Mapping[str, str] | None = None
@@ -678,14 +734,11 @@ class AsyncSandbox:
     @property
     def client(self) -> AsyncRuntimeClient:
         """The :class:`~agentbox.client.AsyncRuntimeClient` of the runtime server."""
-        self._core._check_usable()
+        core_client = self._core.client  # checks the sandbox is usable
         if self._aclient is None:
             from agentbox.client import AsyncRuntimeClient
 
-            assert self._core._key is not None
-            self._aclient = AsyncRuntimeClient(
-                self._core.url, self._core._key, timeout=self._core.config.timeout, uds=self._core.uds
-            )
+            self._aclient = AsyncRuntimeClient.like(core_client)
         return self._aclient
 
     async def _drop_client(self) -> None:
@@ -762,6 +815,19 @@ class AsyncSandbox:
         """Sandboxes on the engine (see :meth:`Sandbox.list`)."""
         return await asyncio.to_thread(Sandbox.list, all_owners, backend=backend)
 
+    # -- acting inside (the same forwards as Sandbox, awaitable) -------------------------------------------
+
+    def _forwarding(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The one guard around every forward below (see :meth:`Sandbox._forwarding`)."""
+        return contextlib.nullcontext()
+
+    async def _forwarding_each(
+        self, events: AsyncIterator[OutputChunk | StreamEnd]
+    ) -> AsyncIterator[OutputChunk | StreamEnd]:
+        async with self._forwarding():
+            async for event in events:
+                yield event
+
     async def run(
         self,
         command: str,
@@ -772,10 +838,11 @@ class AsyncSandbox:
         max_output_chars: int | None = None,
     ) -> CommandResult:
         """Run ``command`` in a persistent bash session (see :meth:`Sandbox.run`)."""
-        return await self.client.run(
-            command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
-            max_output_chars=max_output_chars,
-        )
+        async with self._forwarding():
+            return await self.client.run(
+                command, session=session, timeout=timeout, no_output_timeout=no_output_timeout,
+                max_output_chars=max_output_chars,
+            )
 
     def stream(
         self,
@@ -786,7 +853,8 @@ class AsyncSandbox:
         no_output_timeout: float | None = None,
     ) -> AsyncIterator[OutputChunk | StreamEnd]:
         """Run ``command``, yielding output chunks as they come, then the result."""
-        return self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+        events = self.client.stream(command, session=session, timeout=timeout, no_output_timeout=no_output_timeout)
+        return self._forwarding_each(events)
 
     async def read_file(
         self,
@@ -797,10 +865,16 @@ class AsyncSandbox:
         binary: bool = False,
         session: str = "default",
     ) -> FileContent:
-        """Read a file in the sandbox."""
-        return await self.client.read_file(
-            path, start_line=start_line, end_line=end_line, binary=binary, session=session
-        )
+        """Read a text file in the sandbox (see :meth:`Sandbox.read_file`)."""
+        async with self._forwarding():
+            return await self.client.read_file(
+                path, start_line=start_line, end_line=end_line, binary=binary, session=session
+            )
+
+    async def read_bytes(self, path: str, *, session: str = "default") -> bytes:
+        """The exact bytes of a file in the sandbox."""
+        async with self._forwarding():
+            return await self.client.read_bytes(path, session=session)
 
     async def write_file(
         self,
@@ -811,19 +885,45 @@ class AsyncSandbox:
         mode: int | None = None,
         session: str = "default",
     ) -> FileWritten:
-        """Write a file as the sandbox user."""
-        return await self.client.write_file(path, content, append=append, mode=mode, session=session)
+        """Write text or bytes to a file as the sandbox user."""
+        async with self._forwarding():
+            return await self.client.write_file(path, content, append=append, mode=mode, session=session)
+
+    async def list_dir(self, path: str = ".", *, include_hidden: bool = True, session: str = "default") -> DirListing:
+        """List a directory in the sandbox."""
+        async with self._forwarding():
+            return await self.client.list_dir(path, include_hidden=include_hidden, session=session)
 
     async def upload(
         self, local_path: str | os.PathLike[str], remote_path: str, *, session: str = "default"
     ) -> UploadResult:
         """Copy a local file or tree into the sandbox."""
-        return await self.client.upload(local_path, remote_path, session=session)
+        async with self._forwarding():
+            return await self.client.upload(local_path, remote_path, session=session)
 
     async def download(self, remote_path: str, local_path: str | os.PathLike[str], *, session: str = "default") -> str:
-        """Copy a file or tree out of the sandbox."""
-        return await self.client.download(remote_path, local_path, session=session)
+        """Copy a file or tree out of the sandbox (see :meth:`Sandbox.download`)."""
+        async with self._forwarding():
+            return await self.client.download(remote_path, local_path, session=session)
 
     async def run_python(self, code: str, timeout: float | None = None) -> PythonResult:
         """Run ``code`` in the stateful Python kernel."""
-        return await self.client.run_python(code, timeout)
+        async with self._forwarding():
+            return await self.client.run_python(code, timeout)
+
+    async def start_background(
+        self, command: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None, session: str = "default"
+    ) -> BackgroundInfo:
+        """Start a detached command."""
+        async with self._forwarding():
+            return await self.client.start_background(command, cwd=cwd, env=env, session=session)
+
+    async def read_background(self, bg_id: str, *, offset: int = 0, max_bytes: int = 1_000_000) -> BackgroundOutput:
+        """Output of a background command from byte ``offset``."""
+        async with self._forwarding():
+            return await self.client.read_background(bg_id, offset=offset, max_bytes=max_bytes)
+
+    async def kill_background(self, bg_id: str) -> BackgroundInfo:
+        """Kill a background command and everything it started."""
+        async with self._forwarding():
+            return await self.client.kill_background(bg_id)
