@@ -230,34 +230,45 @@ class Sandbox:
 
     @contextlib.contextmanager
     def _calling(self) -> Iterator[None]:
-        """Around a call to the runtime server: its errors name this sandbox, and when the server did not
-        answer (a lost connection) or failed as a whole (HTTP 500), the handle asks the engine
-        (:meth:`refresh`) instead of staying "running" at a stale address. If the sandbox stopped, or
-        the engine itself went away (dockerd restarting), the error says so; :meth:`start` recovers."""
+        """Around a call to the runtime server: its errors name this sandbox, and a call that lost its
+        server is explained (see :meth:`_lost_call`)."""
         try:
             yield
         except AgentboxError as exc:
-            exc.with_sandbox(self.id)
-            lost = type(exc) is SandboxError or (isinstance(exc, RuntimeServerError) and exc.code == "internal")
-            if not lost or self._state is not SandboxState.RUNNING:
+            replacement = self._lost_call(exc)
+            if replacement is None:
                 raise
-            try:
-                state = self.refresh()
-            except EngineUnavailableError as engine_gone:
-                raise SandboxError(
-                    f"the call failed ({exc}) and the Docker engine does not answer ({engine_gone}); once it is "
-                    "back, start() recovers the sandbox",
-                    sandbox_id=self.id,
-                ) from exc
-            except AgentboxError:
-                raise exc from exc.__cause__
-            if state is not SandboxState.RUNNING:
-                raise SandboxError(
-                    f"the sandbox is {state.value}: it stopped or restarted during the call ({exc}); "
-                    "start() recovers it",
-                    sandbox_id=self.id,
-                ) from exc
-            raise
+            raise replacement from exc
+
+    def _lost_call(self, exc: AgentboxError) -> AgentboxError | None:
+        """After a runtime call failed with ``exc``: the error to raise instead, or None for ``exc`` itself.
+
+        When the server did not answer (a lost connection) or failed as a whole (HTTP 500), the handle
+        asks the engine (:meth:`refresh`) instead of staying "running" at a stale address. If the sandbox
+        stopped, or the engine itself went away (dockerd restarting), the error says so; :meth:`start`
+        recovers. Blocking (engine calls): async callers run it in a thread.
+        """
+        exc.with_sandbox(self.id)
+        lost = type(exc) is SandboxError or (isinstance(exc, RuntimeServerError) and exc.code == "internal")
+        if not lost or self._state is not SandboxState.RUNNING:
+            return None
+        try:
+            state = self.refresh()
+        except EngineUnavailableError as engine_gone:
+            return SandboxError(
+                f"the call failed ({exc}) and the Docker engine does not answer ({engine_gone}); once it is "
+                "back, start() recovers the sandbox",
+                sandbox_id=self.id,
+            )
+        except AgentboxError:
+            return None
+        if state is not SandboxState.RUNNING:
+            return SandboxError(
+                f"the sandbox is {state.value}: it stopped or restarted during the call ({exc}); "
+                "start() recovers it",
+                sandbox_id=self.id,
+            )
+        return None
 
     def start(self) -> Sandbox:
         """Create and start the sandbox and wait for its server (or restart a stopped one); returns self.
@@ -562,9 +573,9 @@ class Sandbox:
     # (tests/unit/test_parity.py pins them, and the async twins below).
 
     def _forwarding(self) -> contextlib.AbstractContextManager[None]:
-        """The one guard around every forward below. The client already names this sandbox in its errors;
-        this is where a handle reacts to a call that lost its server (the lifecycle's job)."""
-        return contextlib.nullcontext()
+        """The one guard around every forward below: a call that lost its server makes the handle ask the
+        engine (:meth:`_calling`)."""
+        return self._calling()
 
     def _forwarding_each(self, events: Iterator[OutputChunk | StreamEnd]) -> Iterator[OutputChunk | StreamEnd]:
         with self._forwarding():
@@ -817,9 +828,17 @@ class AsyncSandbox:
 
     # -- acting inside (the same forwards as Sandbox, awaitable) -------------------------------------------
 
-    def _forwarding(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """The one guard around every forward below (see :meth:`Sandbox._forwarding`)."""
-        return contextlib.nullcontext()
+    @contextlib.asynccontextmanager
+    async def _forwarding(self) -> AsyncIterator[None]:
+        """The one guard around every forward below (see :meth:`Sandbox._calling`); the engine is asked in
+        a worker thread, never on the event loop."""
+        try:
+            yield
+        except AgentboxError as exc:
+            replacement = await asyncio.to_thread(self._core._lost_call, exc)
+            if replacement is None:
+                raise
+            raise replacement from exc
 
     async def _forwarding_each(
         self, events: AsyncIterator[OutputChunk | StreamEnd]
