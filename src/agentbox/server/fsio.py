@@ -280,7 +280,8 @@ class AtomicWriter:
             os.fchmod(self._fd, final_mode)  # after fchown, which clears setuid bits
 
     def _create_temp(self) -> tuple[int, str]:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_RDWR: the in-place fallback reads the temporary file back.
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         while True:
             # A fresh random name per call: two writers of one path never share a temporary file.
             tmp = f".{self._name[:100]}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
