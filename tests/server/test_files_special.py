@@ -3,7 +3,9 @@ st_size is never trusted, and a FIFO never holds a worker thread."""
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -114,9 +116,6 @@ def test_http_download_of_a_proc_file_has_its_real_content(http: httpx.Client, r
 
 
 def test_http_tar_download_of_a_proc_file_carries_its_real_size(http: httpx.Client, tmp_path: Path) -> None:
-    import io
-    import tarfile
-
     resp = http.get("/files/download", params={"path": "/proc/self/status", "format": "tar"})
     assert resp.status_code == 200, resp.text
     with tarfile.open(fileobj=io.BytesIO(resp.content)) as tar:
@@ -134,3 +133,45 @@ def test_http_dev_null_download_is_a_clear_4xx(http: httpx.Client) -> None:
             "code": "file_error",
             "message": "/dev/null is a character device, not a regular file: only regular files can be read",
         }
+
+
+# -------------------------------------------------------------------------------------- tar downloads
+
+
+def _tar_of(path: Path) -> dict[str, tarfile.TarInfo]:
+    parts: list[bytes] = []
+    FileService().send_tree(str(path), parts.append)
+    sink = io.BytesIO(b"".join(parts))
+    with tarfile.open(fileobj=sink) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def test_tar_download_stores_special_files_as_headers_and_never_reads_them(planted: Path) -> None:
+    (planted / "a.txt").write_text("real")
+    os.link(planted / "a.txt", planted / "b.txt")
+    members = _tar_of(planted)
+    assert members["./fifo"].isfifo() and members["./zero"].issym() and members["./zero"].linkname == "/dev/zero"
+    assert members["./a.txt"].size == 4 and members["./b.txt"].islnk() and members["./b.txt"].linkname == "./a.txt"
+
+
+def test_tar_download_of_a_very_deep_tree(tmp_path: Path) -> None:
+    levels = [tmp_path.joinpath(*["d"] * n) for n in range(1, 1101)]  # deeper than the recursion limit
+    for level in levels:  # (pathlib's mkdir(parents=True) and rmtree recurse: done level by level)
+        level.mkdir()
+    (levels[-1] / "bottom.txt").write_text("found")
+    try:
+        members = _tar_of(tmp_path)
+        assert len(members) == 1102 and members["./" + "d/" * 1100 + "bottom.txt"].size == 5
+    finally:
+        (levels[-1] / "bottom.txt").unlink()
+        for level in reversed(levels):
+            level.rmdir()
+
+
+def test_tar_download_follows_the_path_asked_for_but_nothing_under_it(tmp_path: Path) -> None:
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f.txt").write_text("f")
+    (tmp_path / "tree" / "out").symlink_to("/etc")
+    (tmp_path / "link").symlink_to("tree")
+    members = _tar_of(tmp_path / "link")
+    assert sorted(members) == [".", "./f.txt", "./out"] and members["./out"].issym()

@@ -139,9 +139,10 @@ class FileService:
     def send_tree(self, path: str, sink: Callable[[bytes], None]) -> None:
         """Write ``path`` (a directory or file) as an uncompressed tar stream to ``sink``."""
         with fsio.translate(path):
-            os.lstat(path)
+            os.stat(path)
+        # The path asked for is followed if it is a symlink (that is the tree meant); nothing under it is.
         with tarfile.open(fileobj=cast(IO[bytes], _SinkWriter(sink)), mode="w|", bufsize=1 << 20) as tar:
-            _add_tree(tar, path, ".")
+            _add_tree(tar, os.path.realpath(path))
 
     def is_dir(self, path: str) -> bool:
         """Whether ``path`` is a directory (following symlinks); NotFoundError if nothing is there."""
@@ -154,25 +155,30 @@ class FileService:
 _SMALL_FILE = 1 << 20
 
 
-def _add_tree(tar: tarfile.TarFile, path: str, arcname: str) -> None:
-    """Add ``path`` (not following symlinks) and, for a directory, everything under it."""
-    try:
-        info = tar.gettarinfo(path, arcname)
-    except OSError:
-        return  # vanished or unreadable since it was listed: left out, as tar does
-    if info is None:
-        return  # a socket: tar has no member type for it
-    if info.isreg():
-        _add_regular(tar, path, info)
-        return
-    tar.addfile(info)  # directories, symlinks, FIFOs, devices: headers only, nothing is opened
-    if info.isdir():
+def _add_tree(tar: tarfile.TarFile, root: str) -> None:
+    """Add ``root`` as ``.`` and, for a directory, everything under it (symlinks stored, not followed).
+
+    Depth-first with an explicit stack: a tree thousands of levels deep is no RecursionError.
+    """
+    stack = [(root, ".")]
+    while stack:
+        path, arcname = stack.pop()
         try:
-            names = sorted(os.listdir(path))
+            info = tar.gettarinfo(path, arcname)
         except OSError:
-            return
-        for name in names:
-            _add_tree(tar, os.path.join(path, name), f"{arcname}/{name}")
+            continue  # vanished or unreadable since it was listed: left out, as tar does
+        if info is None:
+            continue  # a socket: tar has no member type for it
+        if info.isreg():
+            _add_regular(tar, path, info)
+            continue
+        tar.addfile(info)  # directories, symlinks, FIFOs, devices: headers only, nothing is opened
+        if info.isdir():
+            try:
+                names = sorted(os.listdir(path), reverse=True)
+            except OSError:
+                continue
+            stack.extend((os.path.join(path, name), f"{arcname}/{name}") for name in names)
 
 
 def _add_regular(tar: tarfile.TarFile, path: str, info: tarfile.TarInfo) -> None:

@@ -192,9 +192,9 @@ class AtomicWriter:
     """
 
     def __init__(
-        self, dir_fd: int, name: str, display: str, mode: int | None, *, inherit: bool, append: bool,
-        exclusive: bool, mtime: float | None,
+        self, dir_fd: int, name: str, display: str, *, append: bool, exclusive: bool, mtime: float | None
     ) -> None:
+        """Owns ``dir_fd``; no I/O here (see :meth:`open` and :meth:`open_at`)."""
         self._dir_fd = dir_fd
         self._name = name
         self._display = display
@@ -207,7 +207,6 @@ class AtomicWriter:
         self._old_size = 0
         self._size = 0
         self._done = False
-        self._start(mode, inherit)
 
     # ------------------------------------------------------------------ construction
 
@@ -226,11 +225,8 @@ class AtomicWriter:
             if make_parents:
                 os.makedirs(parent, exist_ok=True)
             dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return cls(dir_fd, name, path, mode, inherit=True, append=append, exclusive=exclusive, mtime=None)
-        except BaseException:
-            os.close(dir_fd)
-            raise
+        writer = cls(dir_fd, name, path, append=append, exclusive=exclusive, mtime=None)
+        return writer._started(mode, inherit=True)
 
     @classmethod
     def open_at(cls, dir_fd: int, name: str, display: str, mode: int, mtime: float | None = None) -> AtomicWriter:
@@ -238,7 +234,16 @@ class AtomicWriter:
 
         ``dir_fd`` stays the caller's; ``display`` names the file in errors.
         """
-        return cls(os.dup(dir_fd), name, display, mode, inherit=False, append=False, exclusive=False, mtime=mtime)
+        writer = cls(os.dup(dir_fd), name, display, append=False, exclusive=False, mtime=mtime)
+        return writer._started(mode, inherit=False)
+
+    def _started(self, mode: int | None, *, inherit: bool) -> AtomicWriter:
+        try:
+            self._start(mode, inherit)
+        except BaseException:
+            self.abort()
+            raise
+        return self
 
     def _start(self, mode: int | None, inherit: bool) -> None:
         with translate(self._display):
@@ -355,10 +360,19 @@ class AtomicWriter:
     def _put_in_place(self) -> None:
         assert self._tmp is not None
         if self._exclusive:
+            # link() fails if the name exists, where rename() would replace it: no check-then-write race.
             try:
                 os.link(self._tmp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd, follow_symlinks=False)
             except FileExistsError:
                 raise FileOperationError(f"{self._display} already exists") from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                # no hardlinks on this file system: check, then rename (a narrow race is the price)
+                if self._exists():
+                    raise FileOperationError(f"{self._display} already exists") from None
+                os.rename(self._tmp, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+                return
             os.unlink(self._tmp, dir_fd=self._dir_fd)
             return
         try:
@@ -369,6 +383,13 @@ class AtomicWriter:
             # A mount point (a single bind-mounted file): it cannot be replaced, only overwritten.
             self._overwrite_in_place(self._fd)
             os.unlink(self._tmp, dir_fd=self._dir_fd)
+
+    def _exists(self) -> bool:
+        try:
+            os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _overwrite_in_place(self, src: int) -> None:
         size = os.lseek(src, 0, os.SEEK_END)
