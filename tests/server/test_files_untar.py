@@ -18,6 +18,7 @@ from typing import cast
 import httpx
 import pytest
 from server_process import API_KEY, ServerProcess, start_server, stop_server
+from starlette.requests import ClientDisconnect
 
 from agentbox.errors import FileOperationError
 from agentbox.server.files import FileService
@@ -247,3 +248,26 @@ def test_http_setuid_member_is_extracted_without_the_bit(any_server: ServerProce
     resp = _upload(server, make_tar(("setuid", "suid", b"x")), "suid-dest")
     assert resp.status_code == 200 and resp.json()["files"] == 1, resp.text
     assert stat.S_IMODE((Path(server.work_dir) / "suid-dest" / "suid").stat().st_mode) == 0o755
+
+
+class _Disconnecting(io.BytesIO):
+    """A request body whose client goes away after ``limit`` bytes."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        super().__init__(data)
+        self._limit = limit
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() >= self._limit:
+            raise ClientDisconnect()
+        return super().read(min(size if size is not None and size >= 0 else self._limit, self._limit - self.tell()))
+
+
+def test_a_client_gone_mid_archive_leaves_the_destination_as_it_was(layout: tuple[Path, Path]) -> None:
+    dest, _ = layout
+    (dest / "keep.txt").write_text("original")
+    archive = make_tar(("file", "keep.txt", b"new" * 1000), ("file", "d/big.bin", os.urandom(200_000)))
+    with pytest.raises(ClientDisconnect):
+        FileService().receive_tree(str(dest), _Disconnecting(archive, 100_000))
+    assert sorted(p.name for p in dest.rglob("*")) == ["keep.txt"]
+    assert (dest / "keep.txt").read_text() == "original"
