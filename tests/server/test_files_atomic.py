@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agentbox.errors import FileOperationError
+from agentbox.errors import BadRequestError, FileOperationError
 from agentbox.protocol import CreateOp, InsertOp, StrReplaceOp, UndoEditOp, WriteFile
 from agentbox.server import fsio
 from agentbox.server.files import Editor, FileService
@@ -175,3 +175,18 @@ def test_special_files_are_not_written(tmp_path: Path) -> None:
     with pytest.raises(FileOperationError, match="is a directory"):
         fs.write(str(tmp_path), WriteFile(path=str(tmp_path), content="x"))
     assert os.listdir(tmp_path) == ["fifo"]
+
+
+def test_bad_content_fails_before_the_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+    fs = FileService()
+    late_error = "AAAA" * (2 << 20) + "!!!!"  # converted a slice at a time: the bad slice comes last
+    for content, message in ((late_error, "not valid base64"), ("AAAé", "not valid base64")):
+        with pytest.raises(BadRequestError, match=message):
+            fs.write(str(path), WriteFile(path=str(path), content=content, encoding="base64"))
+        with pytest.raises(BadRequestError, match=message):
+            fs.write(str(path), WriteFile(path=str(path), content=content, encoding="base64", append=True))
+    with pytest.raises(BadRequestError, match="cannot be encoded as UTF-8"):
+        fs.write(str(path), WriteFile(path=str(path), content="ok \ud800 lone surrogate"))
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]

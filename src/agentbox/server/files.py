@@ -42,6 +42,8 @@ __all__ = ["Editor", "FileService", "resolve"]
 MAX_INLINE_BYTES = 64 * 1024 * 1024
 _SNIPPET_CONTEXT = 4
 _UNDO_DEPTH = 10
+#: Characters of a JSON write's content converted to bytes at a time (a multiple of 4, for base64).
+_CONVERT = 4 << 20
 
 
 def resolve(path: str, cwd: str) -> str:
@@ -58,6 +60,15 @@ def _encode(text: str, path: str) -> bytes:
         return text.encode("utf-8", errors="surrogateescape")
     except UnicodeEncodeError as exc:
         raise BadRequestError(f"the text for {path} cannot be encoded as UTF-8: {exc.reason}") from None
+
+
+def _content_bytes(piece: str, encoding: str, path: str) -> bytes:
+    if encoding == "text":
+        return _encode(piece, path)
+    try:
+        return base64.b64decode(piece, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequestError(f"content is not valid base64: {exc}") from None
 
 
 def _numbered(lines: list[str], first: int) -> str:
@@ -83,15 +94,16 @@ class FileService:
         return FileContent(path=path, content=text, encoding="text", size=len(data), total_lines=len(lines))
 
     def write(self, path: str, req: WriteFile) -> FileWritten:
-        """Write (or append to) a file atomically, creating parent directories."""
-        if req.encoding == "base64":
-            try:
-                data = base64.b64decode(req.content, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise BadRequestError(f"content is not valid base64: {exc}") from None
-        else:
-            data = _encode(req.content, path)
-        size = fsio.replace_file(path, data, mode=req.mode, append=req.append)
+        """Write (or append to) a file atomically, creating parent directories.
+
+        The content is converted a slice at a time: the request already holds it as text, its bytes need
+        not be in memory whole as well. Bad base64 or text fails before the file changes.
+        """
+        with self.open_writer(path, req.mode, req.append) as writer:
+            content = req.content
+            for start in range(0, len(content), _CONVERT):
+                writer.write(_content_bytes(content[start : start + _CONVERT], req.encoding, path))
+            size = writer.commit()
         return FileWritten(path=path, size=size)
 
     def open_writer(self, path: str, mode: int | None, append: bool) -> fsio.AtomicWriter:
