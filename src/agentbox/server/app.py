@@ -342,8 +342,9 @@ def build_router(rt: Runtime) -> TypedRouter:
     @route("GET", "/files/raw", query=RawFileQuery, content_type="application/octet-stream")
     async def read_raw(request: Request, query: RawFileQuery) -> Response:
         """The exact bytes of a regular file, streamed."""
-        fd = await fsio.run(rt.files.open_reader, rt.path(query.path, query.session))
-        return _stream_file(fd, query.path)
+        path = rt.path(query.path, query.session)
+        fd = await fsio.run(rt.files.open_reader, path)
+        return _stream_file(fd, path)
 
     @route("PUT", "/files/raw", query=RawWriteQuery, response=FileWritten, raw_body=True)
     async def write_raw(request: Request, query: RawWriteQuery) -> FileWritten:
