@@ -139,3 +139,28 @@ def test_a_100mb_raw_transfer_costs_bounded_server_memory(tmp_path: Path) -> Non
         assert after_read - before < 32 << 20, (before, after_read)
     finally:
         stop_server(srv)
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "kwargs"),
+    [
+        ("POST", "/files/read", {"json": {"path": "a\0b"}}),
+        ("POST", "/files/write", {"json": {"path": "a\0b", "content": "x"}}),
+        ("POST", "/files/list", {"json": {"path": "a\0b"}}),
+        ("POST", "/files/edit", {"json": {"command": "view", "path": "a\0b"}}),
+        ("POST", "/files/edit", {"json": {"command": "create", "path": "a\0b", "file_text": "x"}}),
+        ("POST", "/files/edit", {"json": {"command": "str_replace", "path": "a\0b", "old_str": "x"}}),
+        ("GET", "/files/raw", {"params": {"path": "a\0b"}}),
+        ("PUT", "/files/raw", {"params": {"path": "a\0b"}, "content": b"x"}),
+        ("PUT", "/files/upload", {"params": {"path": "a\0b"}, "content": b"x"}),
+        ("PUT", "/files/upload", {"params": {"path": "a\0b", "format": "tar"}, "content": b"x"}),
+        ("GET", "/files/download", {"params": {"path": "a\0b"}}),
+    ],
+)
+def test_a_nul_byte_in_a_path_is_a_4xx_and_the_next_call_works(
+    http: httpx.Client, method: str, route: str, kwargs: dict[str, object]
+) -> None:
+    resp = http.request(method, route, **kwargs)  # type: ignore[arg-type]
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["code"] == "bad_request" and "is not valid" in resp.json()["message"]
+    assert http.post("/files/list", json={"path": "."}).status_code == 200

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from agentbox.errors import FileOperationError, NotFoundError
+from agentbox.errors import BadRequestError, FileOperationError, NotFoundError
 
 __all__ = [
     "CHUNK",
@@ -68,7 +68,7 @@ async def run(fn: Callable[..., T], *args: object) -> T:
 
 @contextlib.contextmanager
 def translate(path: str) -> Iterator[None]:
-    """Turn OS errors into NotFoundError / FileOperationError that name ``path``."""
+    """Turn OS errors into NotFoundError / FileOperationError that name ``path`` (a NUL byte: BadRequestError)."""
     try:
         yield
     except FileNotFoundError:
@@ -79,6 +79,8 @@ def translate(path: str) -> Iterator[None]:
         raise FileOperationError(f"{path} is a directory") from None
     except PermissionError:
         raise FileOperationError(f"permission denied: {path} (the server runs as uid {os.getuid()})") from None
+    except ValueError as exc:  # os functions refuse a path with a NUL byte
+        raise BadRequestError(f"path {path!r} is not valid: {exc}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise FileOperationError(f"{path}: too many levels of symbolic links") from None
@@ -219,9 +221,9 @@ class AtomicWriter:
 
         ``mode`` applies to a new file (umask applied); ``exclusive`` fails if the file exists.
         """
-        target = os.path.realpath(path)
-        parent, name = os.path.split(target)
         with translate(path):
+            target = os.path.realpath(path)
+            parent, name = os.path.split(target)
             if make_parents:
                 os.makedirs(parent, exist_ok=True)
             dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
