@@ -160,6 +160,18 @@ def test_a_good_tree_extracts_fully_gzipped_or_not(layout: tuple[Path, Path]) ->
     assert not [p for p in dest.rglob("*") if "agentbox" in p.name]  # no temporary or backup names left
 
 
+def test_member_times_are_kept_and_odd_ones_ignored(layout: tuple[Path, Path]) -> None:
+    dest, _ = layout
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, mtime in (("dated.txt", 1_000_000_000), ("far.txt", 10**30)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = 1, mtime
+            tar.addfile(info, io.BytesIO(b"x"))
+    assert extract(buf.getvalue(), dest) == 2
+    assert (dest / "dated.txt").stat().st_mtime == 1_000_000_000 and (dest / "far.txt").read_bytes() == b"x"
+
+
 def test_a_refused_archive_puts_back_what_it_replaced(layout: tuple[Path, Path]) -> None:
     dest, _ = layout
     (dest / "keep.txt").write_text("original")

@@ -341,7 +341,8 @@ class AtomicWriter:
         try:
             with translate(self._display):
                 if self._mtime is not None:
-                    os.utime(self._fd, (self._mtime, self._mtime))
+                    with contextlib.suppress(OSError, ValueError, OverflowError):  # an archive's odd mtime
+                        os.utime(self._fd, (self._mtime, self._mtime))
                 os.fsync(self._fd)
                 if self._spool >= 0:
                     self._overwrite_in_place(self._spool)
