@@ -11,12 +11,15 @@ import io
 import os
 import stat
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from server_process import API_KEY, ServerProcess, start_server, stop_server
 from starlette.requests import ClientDisconnect
 
@@ -283,3 +286,49 @@ def test_a_client_gone_mid_archive_leaves_the_destination_as_it_was(layout: tupl
         FileService().receive_tree(str(dest), _Disconnecting(archive, 100_000))
     assert sorted(p.name for p in dest.rglob("*")) == ["keep.txt"]
     assert (dest / "keep.txt").read_text() == "original"
+
+
+# ---------------------------------------------------------------------------------------- property
+
+
+_NAMES = st.lists(st.sampled_from(["a", "b", "..", ".", "up", "victim", ""]), min_size=1, max_size=4).map("/".join)
+_TARGETS = st.sampled_from(["a", "b", "../victim", "/tmp", ".", "..", "a/..", "up/../..", "../../x", "victim"])
+_MEMBERS = st.lists(
+    st.one_of(
+        st.tuples(st.just("file"), _NAMES, st.just(b"pwned")),
+        st.tuples(st.just("dir"), _NAMES, st.none()),
+        st.tuples(st.sampled_from(["sym", "hard"]), _NAMES, _TARGETS),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (symlinks not followed): its target, "d", or its content."""
+    out = {}
+    for p in root.rglob("*"):
+        out[p.relative_to(root).as_posix()] = (
+            f"-> {os.readlink(p)}" if p.is_symlink() else "d" if p.is_dir() else p.read_text()
+        )
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(members=_MEMBERS)
+def test_no_archive_writes_outside_its_destination(members: list[Member], tmp_path: Path) -> None:
+    """Whatever the members, nothing outside the destination changes; a refused archive changes nothing."""
+    with tempfile.TemporaryDirectory(dir=tmp_path) as top:
+        root = Path(top)
+        (root / "victim").mkdir()
+        (root / "victim" / "file").write_text("victim's")
+        dest = root / "dest"
+        dest.mkdir()
+        (dest / "up").symlink_to("../victim")  # planted, as an agent could
+        outside, inside = _tree(root / "victim"), _tree(dest)
+        try:
+            extract(make_tar(*members), dest)
+        except FileOperationError:
+            assert _tree(dest) == inside
+        assert _tree(root / "victim") == outside
+        assert sorted(p.name for p in root.iterdir()) == ["dest", "victim"]
