@@ -116,6 +116,7 @@ def test_planted_hardlink_is_replaced_not_written_through(layout: tuple[Path, Pa
         ((("hard", "hl", "/etc/passwd"),), r"'hl'.*absolute"),
         ((("sym", "abs", "/etc"),), r"'abs'.*symlink to '/etc', outside"),
         ((("sym", "deep/s", "../../x"),), r"'deep/s'.*outside"),
+        ((("sym", "empty", ""),), r"'empty' is a symlink with an empty target"),
         ((("fifo", "pipe", None),), r"'pipe' is a FIFO"),
         ((("chr", "null", None),), r"'null' is a character device"),
         ((("file", "/abs.txt", b"x"),), r"'/abs.txt' has an absolute path"),

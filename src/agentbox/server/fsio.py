@@ -159,16 +159,6 @@ def read_file(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def iter_chunks(fd: int, path: str) -> Iterator[bytes]:
-    """The content of ``fd`` in chunks of at most CHUNK bytes, up to EOF."""
-    while True:
-        with translate(path):
-            chunk = os.read(fd, CHUNK)
-        if not chunk:
-            return
-        yield chunk
-
-
 # --------------------------------------------------------------------------------------------- writes
 
 

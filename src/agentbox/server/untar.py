@@ -197,6 +197,8 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: _Destin
         if member.issym():
             target = member.linkname
             landing = posixpath.normpath(posixpath.join(*parts[:-1], target))
+            if not target:
+                raise _Refused(f"tar member {member.name!r} is a symlink with an empty target")
             if posixpath.isabs(target) or landing == ".." or landing.startswith("../"):
                 raise _Refused(
                     f"tar member {member.name!r} is a symlink to {target!r}, outside the destination {dest.root}"
