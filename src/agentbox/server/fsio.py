@@ -162,6 +162,7 @@ def read_file(path: str, limit: int) -> bytes:
 # --------------------------------------------------------------------------------------------- writes
 
 
+@functools.cache  # read at the first write, once the server runs: it never changes the umask afterwards
 def _umask() -> int:
     # /proc/self/status has it without the set-and-restore race of os.umask (other threads create files).
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
@@ -172,8 +173,6 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
-
-_UMASK = _umask()  # read once, at import: the server never changes it
 
 
 class AtomicWriter:
@@ -260,7 +259,7 @@ class AtomicWriter:
                     raise _not_regular(self._display, st.st_mode, "written")
                 self._old_size = self._size = st.st_size
                 return
-            final_mode = (0o666 if mode is None else mode) & ~_UMASK
+            final_mode = (0o666 if mode is None else mode) & ~_umask()
             if inherit and old is not None:
                 final_mode = stat.S_IMODE(old.st_mode)
             try:
