@@ -7,13 +7,17 @@ mounting is impossible, with the reason.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from server_process import API_KEY, start_server, stop_server
 
 from agentbox.errors import BadRequestError, FileOperationError
 from agentbox.protocol import CreateOp, InsertOp, StrReplaceOp, UndoEditOp, WriteFile
@@ -190,3 +194,30 @@ def test_bad_content_fails_before_the_file_changes(tmp_path: Path) -> None:
     with pytest.raises(BadRequestError, match="cannot be encoded as UTF-8"):
         fs.write(str(path), WriteFile(path=str(path), content="ok \ud800 lone surrogate"))
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_http_writes_on_a_full_disk_are_a_clear_4xx_and_change_nothing(full_disk: Path) -> None:
+    srv = start_server(full_disk)  # its work dir is the full tmpfs (its own state lives elsewhere)
+    try:
+        with httpx.Client(base_url=srv.url, headers={"X-Session-API-Key": API_KEY}, timeout=60) as c:
+            big = b"y" * (300 << 10)
+            tree = io.BytesIO()
+            with tarfile.open(fileobj=tree, mode="w") as tar:
+                info = tarfile.TarInfo("old.txt")
+                info.size = len(big)
+                tar.addfile(info, io.BytesIO(big))
+            for method, route, kwargs in (
+                ("PUT", "/files/raw", {"params": {"path": "old.txt"}, "content": big}),
+                ("PUT", "/files/raw", {"params": {"path": "old.txt", "append": "true"}, "content": big}),
+                ("POST", "/files/write", {"json": {"path": "old.txt", "content": big.decode()}}),
+                ("PUT", "/files/upload", {"params": {"path": "old.txt", "format": "file"}, "content": big}),
+                ("PUT", "/files/upload", {"params": {"path": ".", "format": "tar"}, "content": tree.getvalue()}),
+                ("POST", "/files/edit", {"json": {"command": "insert", "path": "old.txt", "insert_line": 1,
+                                                  "new_str": big.decode()}}),
+            ):
+                resp = c.request(method, route, **kwargs)  # type: ignore[arg-type]
+                assert resp.status_code == 400, (route, resp.text)
+                assert resp.json()["code"] == "file_error" and "no space left" in resp.json()["message"], resp.text
+                _unchanged(full_disk)
+    finally:
+        stop_server(srv)

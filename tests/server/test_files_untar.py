@@ -189,6 +189,15 @@ def test_a_refused_archive_puts_back_what_it_replaced(layout: tuple[Path, Path])
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == ["keep.txt", "sub"]
 
 
+def test_a_failure_before_a_replacement_leaves_no_backup_name(layout: tuple[Path, Path]) -> None:
+    dest, _ = layout
+    (dest / "keep.txt").write_text("original")
+    archive = make_tar(("file", "keep.txt", b"new" * 5000), ("file", "other.txt", b"x"))
+    with pytest.raises(FileOperationError, match="not a valid tar stream"):
+        extract(archive[:2048], dest)  # cut inside keep.txt's data: the old entry was backed up, not replaced
+    assert [p.name for p in dest.iterdir()] == ["keep.txt"] and (dest / "keep.txt").read_text() == "original"
+
+
 def test_a_truncated_stream_is_refused_and_rolled_back(layout: tuple[Path, Path]) -> None:
     dest, _ = layout
     archive = make_tar(("file", "a.txt", b"a" * 5000), ("file", "b.txt", b"b" * 5000))

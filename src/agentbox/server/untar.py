@@ -127,6 +127,10 @@ class _Destination:
                 fd = self.open_dir(parts[:-1], "", create=False)
                 try:
                     os.rename(backup, parts[-1], src_dir_fd=fd, dst_dir_fd=fd)
+                    # rename() does nothing when both names are links to one file (the entry was never
+                    # replaced): the backup name must still go.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(backup, dir_fd=fd)
                 finally:
                     os.close(fd)
         for parts, is_dir in reversed(self.journal.created):
