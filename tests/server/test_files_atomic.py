@@ -215,7 +215,7 @@ def test_http_writes_on_a_full_disk_are_a_clear_4xx_and_change_nothing(full_disk
                 ("POST", "/files/edit", {"json": {"command": "insert", "path": "old.txt", "insert_line": 1,
                                                   "new_str": big.decode()}}),
             ):
-                resp = c.request(method, route, **kwargs)  # type: ignore[arg-type]
+                resp = c.request(method, route, **kwargs)
                 assert resp.status_code == 400, (route, resp.text)
                 assert resp.json()["code"] == "file_error" and "no space left" in resp.json()["message"], resp.text
                 _unchanged(full_disk)
