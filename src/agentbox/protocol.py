@@ -487,3 +487,22 @@ class ServerInfo(WireModel):
     kernel_running: bool = Field(description="True if the Python kernel is started.")
     server: ServerUsage = Field(description="Server process resource use.")
     sandbox: SandboxUsage = Field(description="Sandbox-wide resource use.")
+
+
+# ------------------------------------------------------------------------------------ raw file bytes
+
+__all__ += ["RawFileQuery", "RawWriteQuery"]
+
+
+class RawFileQuery(WireModel):
+    """Query parameters of ``GET /files/raw``: the body answered is the file's exact bytes."""
+
+    path: str = Field(description="A regular file; relative paths resolve against the session's cwd.")
+    session: SessionName = "default"
+
+
+class RawWriteQuery(RawFileQuery):
+    """Query parameters of ``PUT /files/raw``: the request body is the file's new content, as raw bytes."""
+
+    mode: int | None = Field(default=None, ge=0, le=0o7777, description="Permission bits for a new file.")
+    append: bool = Field(default=False, description="Append the body instead of replacing the content.")

@@ -15,17 +15,18 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentbox.errors import ERROR_CODES, NotFoundError, RuntimeServerError
+from agentbox.errors import ERROR_CODES, RuntimeServerError
 from agentbox.protocol import (
     API_KEY_HEADER,
     FORMAT_HEADER,
@@ -47,6 +48,8 @@ from agentbox.protocol import (
     KernelStatus,
     ListDir,
     PythonResult,
+    RawFileQuery,
+    RawWriteQuery,
     ReadFile,
     ReadOutput,
     RunCommand,
@@ -64,6 +67,7 @@ from agentbox.protocol import (
     ViewOp,
     WriteFile,
 )
+from agentbox.server import fsio
 from agentbox.server import info as info_mod
 from agentbox.server.background import BackgroundManager
 from agentbox.server.files import Editor, FileService, resolve
@@ -77,6 +81,7 @@ __all__ = ["Runtime", "create_app"]
 
 _OPEN_PATHS = frozenset({"/alive"})
 _CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 class Runtime:
@@ -314,17 +319,17 @@ def build_router(rt: Runtime) -> TypedRouter:
     @route("POST", "/files/read", body=ReadFile, response=FileContent)
     async def read_file(request: Request, body: ReadFile) -> FileContent:
         """Read a file (text with optional line range, or base64)."""
-        return await asyncio.to_thread(rt.files.read, rt.path(body.path, body.session), body)
+        return await fsio.run(rt.files.read, rt.path(body.path, body.session), body)
 
     @route("POST", "/files/write", body=WriteFile, response=FileWritten)
     async def write_file(request: Request, body: WriteFile) -> FileWritten:
-        """Write a file, creating parent directories."""
-        return await asyncio.to_thread(rt.files.write, rt.path(body.path, body.session), body)
+        """Write a file atomically, creating parent directories."""
+        return await fsio.run(rt.files.write, rt.path(body.path, body.session), body)
 
     @route("POST", "/files/list", body=ListDir, response=DirListing)
     async def list_dir(request: Request, body: ListDir) -> DirListing:
         """List a directory."""
-        return await asyncio.to_thread(rt.files.list_dir, rt.path(body.path, body.session), body.include_hidden)
+        return await fsio.run(rt.files.list_dir, rt.path(body.path, body.session), body.include_hidden)
 
     edit_handlers = _edit_handlers(rt)
 
@@ -332,26 +337,41 @@ def build_router(rt: Runtime) -> TypedRouter:
     async def edit_file(request: Request, body: Any) -> EditResult:
         """Editor operation: view, create, str_replace, insert or undo_edit."""
         handler = edit_handlers[type(body)]
-        return await asyncio.to_thread(handler, rt.path(body.path, body.session), body)
+        return await fsio.run(handler, rt.path(body.path, body.session), body)
+
+    @route("GET", "/files/raw", query=RawFileQuery, content_type="application/octet-stream")
+    async def read_raw(request: Request, query: RawFileQuery) -> Response:
+        """The exact bytes of a regular file, streamed."""
+        path = rt.path(query.path, query.session)
+        fd = await fsio.run(rt.files.open_reader, path)
+        return _stream_file(fd, path)
+
+    @route("PUT", "/files/raw", query=RawWriteQuery, response=FileWritten, raw_body=True)
+    async def write_raw(request: Request, query: RawWriteQuery) -> FileWritten:
+        """Write the request body (raw bytes, streamed) as a file's content atomically, or append it."""
+        path = rt.path(query.path, query.session)
+        size = await _receive_file(rt, path, request, mode=query.mode, append=query.append)
+        return FileWritten(path=path, size=size)
 
     @route("PUT", "/files/upload", query=TransferQuery, response=UploadResult, raw_body=True)
     async def upload(request: Request, query: TransferQuery) -> UploadResult:
         """Upload one file (raw bytes) or a tree (an uncompressed or gzipped tar stream)."""
         path = rt.path(query.path, query.session)
+        if query.format != "tar":
+            size = await _receive_file(rt, path, request, mode=None, append=False)
+            return UploadResult(path=path, bytes=size, files=1)
         reader = cast(IO[bytes], _BodyReader(request.stream(), asyncio.get_running_loop()))
-        store = rt.files.receive_tree if query.format == "tar" else rt.files.receive_file
-        return await asyncio.to_thread(store, path, reader)
+        # Its own thread: it waits on the client between chunks and must not hold a pool worker meanwhile.
+        return await _in_own_thread(rt.files.receive_tree, path, reader)
 
     @route("GET", "/files/download", query=TransferQuery, content_type="application/octet-stream")
     async def download(request: Request, query: TransferQuery) -> Response:
         """Download one file (raw bytes) or a tree (an uncompressed tar stream)."""
         path = rt.path(query.path, query.session)
-        if not await asyncio.to_thread(os.path.exists, path):
-            raise NotFoundError(f"no such file or directory: {path}")
-        tree = query.format == "tar" or (query.format == "auto" and await asyncio.to_thread(os.path.isdir, path))
-        if not tree:
-            await asyncio.to_thread(rt.files.check_readable_file, path)
-            return _FileResponse(path, media_type="application/octet-stream", headers={FORMAT_HEADER: "file"})
+        is_dir = await fsio.run(rt.files.is_dir, path)
+        if query.format == "file" or (query.format == "auto" and not is_dir):
+            fd = await fsio.run(rt.files.open_reader, path)
+            return _stream_file(fd, path, headers={FORMAT_HEADER: "file"})
         return StreamingResponse(_tar_stream(rt, path), media_type="application/x-tar", headers={FORMAT_HEADER: "tar"})
 
     # ------------------------------------------------------------------ python
@@ -374,8 +394,75 @@ def build_router(rt: Runtime) -> TypedRouter:
     return api
 
 
-class _FileResponse(FileResponse):
-    chunk_size = _CHUNK  # fewer thread hops per megabyte than Starlette's 64 KiB
+def _stream_file(fd: int, path: str, headers: dict[str, str] | None = None) -> Response:
+    """Stream the open file ``fd`` chunk by chunk, without a Content-Length.
+
+    No length is announced: ``st_size`` lies for ``/proc`` files (0) and changes under a growing file, and
+    a wrong Content-Length breaks the response. Chunked transfer sends exactly the bytes read.
+    """
+    f = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed by the stream (or its finaliser, on disconnect)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await fsio.run(_read_chunk, f, path):
+                yield chunk
+        finally:
+            await fsio.run(f.close)
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
+
+
+def _read_chunk(f: IO[bytes], path: str) -> bytes:
+    with fsio.translate(path):
+        return f.read(_CHUNK) or b""
+
+
+async def _receive_file(rt: Runtime, path: str, request: Request, *, mode: int | None, append: bool) -> int:
+    """Stream the request body into a new version of ``path`` (atomic; see fsio); its size afterwards.
+
+    The body is read on the event loop and written on the pool one batch (about a chunk) at a time, so a
+    transfer holds about one chunk in memory and no thread waits on the client.
+    """
+    writer = await fsio.run(rt.files.open_writer, path, mode, append)
+    try:
+        batch: list[bytes] = []
+        pending = 0
+        async for chunk in request.stream():
+            batch.append(chunk)
+            pending += len(chunk)
+            if pending >= _CHUNK:
+                await fsio.run(writer.write, b"".join(batch))
+                batch, pending = [], 0
+        if batch:
+            await fsio.run(writer.write, b"".join(batch))
+        return await fsio.run(writer.commit)
+    finally:
+        await fsio.run(writer.abort)
+
+
+async def _in_own_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run the blocking ``fn(*args)`` on a thread of its own (for work that waits on the client)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name="agentbox-upload", daemon=True).start()
+    return await future
 
 
 class _BodyReader:
@@ -431,7 +518,8 @@ async def _tar_stream(rt: Runtime, path: str) -> AsyncIterator[bytes]:
             if not cancelled:
                 asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
 
-    task = asyncio.ensure_future(asyncio.to_thread(produce))
+    # Its own thread: it waits on the client (the queue) and must not hold a pool worker meanwhile.
+    task = asyncio.ensure_future(_in_own_thread(produce))
     try:
         while (chunk := await queue.get()) is not None:
             yield chunk

@@ -1,23 +1,24 @@
 """File operations: read, write, list, the editor operations agents use, and tar/raw transfers.
 
-All functions here are blocking and are called from a worker thread by the routes. OS errors are
-translated here, at the one boundary that meets them, into NotFoundError / FileOperationError with the
-path in the message. Relative paths are resolved by the caller against the session's cwd.
+All functions here are blocking and are called from the file I/O pool by the routes. Every read and
+write goes through :mod:`agentbox.server.fsio` (bounded reads of regular files only, atomic writes,
+OS errors translated into NotFoundError / FileOperationError naming the path), and tar uploads through
+:mod:`agentbox.server.untar` (confined extraction). Relative paths are resolved by the caller against the
+session's cwd.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
+import io
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import IO, Literal, cast
 
-from agentbox.errors import BadRequestError, FileOperationError, NotFoundError
+from agentbox.errors import BadRequestError, FileOperationError, RuntimeServerError
 from agentbox.protocol import (
     CreateOp,
     DirEntry,
@@ -33,6 +34,7 @@ from agentbox.protocol import (
     ViewOp,
     WriteFile,
 )
+from agentbox.server import fsio, untar
 
 __all__ = ["Editor", "FileService", "resolve"]
 
@@ -40,6 +42,8 @@ __all__ = ["Editor", "FileService", "resolve"]
 MAX_INLINE_BYTES = 64 * 1024 * 1024
 _SNIPPET_CONTEXT = 4
 _UNDO_DEPTH = 10
+#: Characters of a JSON write's content converted to bytes at a time (a multiple of 4, for base64).
+_CONVERT = 4 << 20
 
 
 def resolve(path: str, cwd: str) -> str:
@@ -47,30 +51,24 @@ def resolve(path: str, cwd: str) -> str:
     return os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
 
 
-@contextmanager
-def _translate(path: str) -> Iterator[None]:
-    try:
-        yield
-    except FileNotFoundError:
-        raise NotFoundError(f"no such file or directory: {path}") from None
-    except NotADirectoryError:
-        raise FileOperationError(f"a parent of {path} is not a directory") from None
-    except IsADirectoryError:
-        raise FileOperationError(f"{path} is a directory") from None
-    except PermissionError:
-        raise FileOperationError(f"permission denied: {path} (the server runs as uid {os.getuid()})") from None
-    except OSError as exc:
-        raise FileOperationError(f"{path}: {exc.strerror or exc}") from None
-
-
 def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        return f.read()
+    return fsio.read_file(path, MAX_INLINE_BYTES).decode("utf-8", errors="replace")
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
+def _encode(text: str, path: str) -> bytes:
+    try:
+        return text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise BadRequestError(f"the text for {path} cannot be encoded as UTF-8: {exc.reason}") from None
+
+
+def _content_bytes(piece: str, encoding: str, path: str) -> bytes:
+    if encoding == "text":
+        return _encode(piece, path)
+    try:
+        return base64.b64decode(piece, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequestError(f"content is not valid base64: {exc}") from None
 
 
 def _numbered(lines: list[str], first: int) -> str:
@@ -81,47 +79,46 @@ class FileService:
     """Plain file operations on absolute paths."""
 
     def read(self, path: str, req: ReadFile) -> FileContent:
-        """Read a whole file, a line range of it, or its bytes as base64."""
-        with _translate(path):
-            size = os.stat(path).st_size
-            if size > MAX_INLINE_BYTES:
-                raise FileOperationError(
-                    f"{path} is {size} bytes, more than {MAX_INLINE_BYTES} for an inline read; download it"
-                )
-            if req.encoding == "base64":
-                with open(path, "rb") as f:
-                    data = f.read()
-                return FileContent(path=path, content=base64.b64encode(data).decode(), encoding="base64", size=size)
-            text = _read_text(path)
-        lines = text.splitlines(keepends=True)
+        """Read a whole file, a line range of it, or its bytes as base64 (regular files only, bounded)."""
+        data = fsio.read_file(path, MAX_INLINE_BYTES)
+        if req.encoding == "base64":
+            return FileContent(path=path, content=base64.b64encode(data).decode(), encoding="base64", size=len(data))
+        lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+        text = "".join(lines)
         if req.start_line is not None or req.end_line is not None:
             first = req.start_line or 1
             last = req.end_line or len(lines)
             if last < first:
                 raise FileOperationError(f"end_line {last} is before start_line {first}")
             text = "".join(lines[first - 1 : last])
-        return FileContent(path=path, content=text, encoding="text", size=size, total_lines=len(lines))
+        return FileContent(path=path, content=text, encoding="text", size=len(data), total_lines=len(lines))
 
     def write(self, path: str, req: WriteFile) -> FileWritten:
-        """Write (or append to) a file, creating parent directories."""
-        data = None
-        if req.encoding == "base64":
-            try:
-                data = base64.b64decode(req.content, validate=True)
-            except binascii.Error as exc:
-                raise BadRequestError(f"content is not valid base64: {exc}") from None
-        with _translate(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if req.append else os.O_TRUNC)
-            fd = os.open(path, flags, 0o666 if req.mode is None else req.mode)
-            with open(fd, "wb") as f:
-                f.write(data if data is not None else req.content.encode("utf-8", errors="surrogateescape"))
-            return FileWritten(path=path, size=os.stat(path).st_size)
+        """Write (or append to) a file atomically, creating parent directories.
+
+        The content is converted a slice at a time: the request already holds it as text, its bytes need
+        not be in memory whole as well. Bad base64 or text fails before the file changes.
+        """
+        with self.open_writer(path, req.mode, req.append) as writer:
+            content = req.content
+            for start in range(0, len(content), _CONVERT):
+                writer.write(_content_bytes(content[start : start + _CONVERT], req.encoding, path))
+            size = writer.commit()
+        return FileWritten(path=path, size=size)
+
+    def open_writer(self, path: str, mode: int | None, append: bool) -> fsio.AtomicWriter:
+        """A writer for a streamed new content of ``path`` (raw writes and single-file uploads)."""
+        return fsio.AtomicWriter.open(path, mode=mode, append=append)
+
+    def open_reader(self, path: str) -> int:
+        """An fd open on the regular file ``path`` for a streamed read (special files are refused)."""
+        fd, _ = fsio.open_regular(path)
+        return fd
 
     def list_dir(self, path: str, include_hidden: bool) -> DirListing:
         """List a directory (symlinks are reported, not followed)."""
         entries = []
-        with _translate(path), os.scandir(path) as it:
+        with fsio.translate(path), os.scandir(path) as it:
             for entry in it:
                 if not include_hidden and entry.name.startswith("."):
                     continue
@@ -146,75 +143,91 @@ class FileService:
 
     # ------------------------------------------------------------------ transfers
 
-    def receive_file(self, path: str, source: IO[bytes]) -> UploadResult:
-        """Store a streamed upload at ``path`` (written next to it, then renamed into place)."""
-        tmp = f"{path}.agentbox-upload-{os.getpid()}"
-        total = 0
-        with _translate(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            try:
-                with open(tmp, "wb") as f:
-                    while chunk := source.read(1 << 20):
-                        f.write(chunk)
-                        total += len(chunk)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        return UploadResult(path=path, bytes=total, files=1)
-
     def receive_tree(self, path: str, source: IO[bytes]) -> UploadResult:
-        """Extract a streamed tar archive into directory ``path`` (members may not escape it)."""
-        counted = _CountingReader(source)
-        files = 0
-        with _translate(path):
-            os.makedirs(path, exist_ok=True)
-            try:
-                with tarfile.open(fileobj=cast(IO[bytes], counted), mode="r|*") as tar:
-                    for member in tar:
-                        _check_member(member, path)
-                        if hasattr(tarfile, "data_filter"):
-                            tar.extract(member, path, filter="data")
-                        else:  # pragma: no cover - Python without the tarfile filters backport
-                            tar.extract(member, path)
-                        files += member.isfile()
-            except (tarfile.TarError, EOFError) as exc:
-                raise FileOperationError(f"not a valid tar stream for {path}: {exc}") from None
-        return UploadResult(path=path, bytes=counted.count, files=files)
+        """Extract a streamed tar archive into directory ``path``, confined to it (see :mod:`untar`)."""
+        result = untar.extract(source, path)
+        return UploadResult(path=path, bytes=result.bytes, files=result.files)
 
     def send_tree(self, path: str, sink: Callable[[bytes], None]) -> None:
         """Write ``path`` (a directory or file) as an uncompressed tar stream to ``sink``."""
-        with _translate(path):
+        with fsio.translate(path):
             os.stat(path)
-            with tarfile.open(fileobj=cast(IO[bytes], _SinkWriter(sink)), mode="w|", bufsize=1 << 20) as tar:
-                tar.add(path, arcname=".")
+        # The path asked for is followed if it is a symlink (that is the tree meant); nothing under it is.
+        with tarfile.open(fileobj=cast(IO[bytes], _SinkWriter(sink)), mode="w|", bufsize=1 << 20) as tar:
+            _add_tree(tar, os.path.realpath(path))
 
-    def check_readable_file(self, path: str) -> int:
-        """Size of the regular file ``path``, or a clear error."""
-        with _translate(path):
-            st = os.stat(path)
-            if stat.S_ISDIR(st.st_mode):
-                raise FileOperationError(f"{path} is a directory; download it with format='tar'")
-            with open(path, "rb"):
-                pass
-            return st.st_size
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory (following symlinks); NotFoundError if nothing is there."""
+        with fsio.translate(path):
+            return stat.S_ISDIR(os.stat(path).st_mode)
 
 
-def _check_member(member: tarfile.TarInfo, dest: str) -> None:
-    target = os.path.normpath(os.path.join(dest, member.name))
-    if os.path.isabs(member.name) or not (target == dest or target.startswith(dest.rstrip("/") + "/")):
-        raise FileOperationError(f"tar member {member.name!r} would land outside {dest}")
+#: A regular file this small or reporting size 0 is read whole before it goes into a tar, so its header
+#: carries the size it really has (``/proc`` files report 0, sysfs ones 4096).
+_SMALL_FILE = 1 << 20
 
 
-class _CountingReader:
-    def __init__(self, source: IO[bytes]) -> None:
-        self._source = source
-        self.count = 0
+def _add_tree(tar: tarfile.TarFile, root: str) -> None:
+    """Add ``root`` as ``.`` and, for a directory, everything under it (symlinks stored, not followed).
+
+    Depth-first with an explicit stack: a tree thousands of levels deep is no RecursionError.
+    """
+    stack = [(root, ".")]
+    while stack:
+        path, arcname = stack.pop()
+        try:
+            info = tar.gettarinfo(path, arcname)
+        except OSError:
+            continue  # vanished or unreadable since it was listed: left out, as tar does
+        if info is None:
+            continue  # a socket: tar has no member type for it
+        if info.isreg():
+            _add_regular(tar, path, info)
+            continue
+        tar.addfile(info)  # directories, symlinks, FIFOs, devices: headers only, nothing is opened
+        if info.isdir():
+            try:
+                names = sorted(os.listdir(path), reverse=True)
+            except OSError:
+                continue
+            stack.extend((os.path.join(path, name), f"{arcname}/{name}") for name in names)
+
+
+def _add_regular(tar: tarfile.TarFile, path: str, info: tarfile.TarInfo) -> None:
+    try:
+        fd, st = fsio.open_regular(path)
+    except RuntimeServerError:
+        return
+    with open(fd, "rb", buffering=0) as f:
+        if st.st_size <= _SMALL_FILE:
+            try:
+                data = fsio.read_bounded(fd, _SMALL_FILE * 4, path)
+            except RuntimeServerError:
+                data = None
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                return
+            os.lseek(fd, 0, os.SEEK_SET)
+            st = os.fstat(fd)
+        # The header says st_size; a file that grows or shrinks meanwhile is cut or zero-padded to it.
+        info.size = st.st_size
+        tar.addfile(info, _Exactly(f, st.st_size))
+
+
+class _Exactly:
+    """A reader giving exactly ``size`` bytes of ``f``: cut if it grew, zero-padded if it shrank."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self._f = f
+        self._left = size
 
     def read(self, size: int = -1) -> bytes:
-        data = self._source.read(size)
-        self.count += len(data)
+        want = self._left if size < 0 else min(size, self._left)
+        data = self._f.read(want) or b""
+        if len(data) < want:
+            data += bytes(want - len(data))
+        self._left -= len(data)
         return data
 
 
@@ -235,12 +248,11 @@ class Editor:
 
     def view(self, path: str, op: ViewOp) -> EditResult:
         """A file with line numbers (optionally a range), or a directory two levels deep."""
-        with _translate(path):
-            if os.path.isdir(path):
-                if op.view_range is not None:
-                    raise FileOperationError("view_range cannot be used when viewing a directory")
-                return EditResult(path=path, output=self._tree(path))
-            text = _read_text(path)
+        if os.path.isdir(path):
+            if op.view_range is not None:
+                raise FileOperationError("view_range cannot be used when viewing a directory")
+            return EditResult(path=path, output=self._tree(path))
+        text = _read_text(path)
         lines = text.splitlines(keepends=True)
         first, last = 1, len(lines)
         if op.view_range is not None:
@@ -269,16 +281,13 @@ class Editor:
         """Create a new file; refuses to overwrite an existing one."""
         if os.path.lexists(path):
             raise FileOperationError(f"{path} already exists; use str_replace or insert to change it")
-        with _translate(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            _write_text(path, op.file_text)
+        fsio.replace_file(path, _encode(op.file_text, path), exclusive=True)
         self._history.setdefault(path, [])
         return EditResult(path=path, output=f"created {path} ({len(op.file_text.splitlines())} lines)")
 
     def str_replace(self, path: str, op: StrReplaceOp) -> EditResult:
         """Replace ``old_str``, which must occur exactly once."""
-        with _translate(path):
-            text = _read_text(path)
+        text = _read_text(path)
         count = text.count(op.old_str)
         if count == 0:
             raise FileOperationError(
@@ -302,8 +311,7 @@ class Editor:
 
     def insert(self, path: str, op: InsertOp) -> EditResult:
         """Insert ``new_str`` after line ``insert_line`` (0: at the top)."""
-        with _translate(path):
-            text = _read_text(path)
+        text = _read_text(path)
         lines = text.splitlines(keepends=True)
         if op.insert_line > len(lines):
             raise FileOperationError(f"insert_line {op.insert_line} is past the end of {path} ({len(lines)} lines)")
@@ -319,9 +327,9 @@ class Editor:
         history = self._history.get(path)
         if not history:
             raise FileOperationError(f"no edit to undo for {path}")
-        previous = history.pop()
-        with _translate(path):
-            _write_text(path, previous)
+        previous = history[-1]
+        fsio.replace_file(path, _encode(previous, path))
+        history.pop()  # only once the file has it back: a failed undo can be tried again
         return EditResult(
             path=path,
             output=f"last edit of {path} undone\n"
@@ -329,8 +337,8 @@ class Editor:
         )
 
     def _save(self, path: str, old: str, new: str) -> None:
-        with _translate(path):
-            _write_text(path, new)
+        fsio.replace_file(path, _encode(new, path))
+        # Recorded only after the write succeeded: a failed edit has nothing to undo.
         history = self._history.setdefault(path, [])
         history.append(old)
         del history[:-_UNDO_DEPTH]
