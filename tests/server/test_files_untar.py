@@ -189,6 +189,16 @@ def test_a_refused_archive_puts_back_what_it_replaced(layout: tuple[Path, Path])
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == ["keep.txt", "sub"]
 
 
+def test_a_hardlink_member_naming_itself_leaves_no_temporary_name(layout: tuple[Path, Path]) -> None:
+    """rename() of two links to one file does nothing: found by the property test below."""
+    dest, _ = layout
+    assert extract(make_tar(("file", "b", b"x"), ("hard", "b", "b")), dest) >= 1
+    assert [p.name for p in dest.iterdir()] == ["b"] and (dest / "b").read_bytes() == b"x"
+    with pytest.raises(FileOperationError):
+        extract(make_tar(("file", "c", b"pwned"), ("hard", "c", "c"), ("dir", "c", None)), dest)
+    assert [p.name for p in dest.iterdir()] == ["b"]
+
+
 def test_a_failure_before_a_replacement_leaves_no_backup_name(layout: tuple[Path, Path]) -> None:
     dest, _ = layout
     (dest / "keep.txt").write_text("original")

@@ -245,6 +245,10 @@ def _place(
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=parent)
         raise
+    # rename() does nothing when both names are links to one file (a hardlink member naming itself, or a
+    # file it already is): the temporary name is then still there and must go.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=parent)
 
 
 def _kind(member: tarfile.TarInfo) -> str:
