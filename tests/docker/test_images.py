@@ -114,8 +114,11 @@ def test_public_surface() -> None:
         "build_runtime_image",
         "ensure_base_image",
         "ensure_runtime_image",
+        "ensure_server_volume",
         "list_images",
         "prune_images",
+        "prune_server_volumes",
+        "server_volume_name",
     }
     assert all(hasattr(agentbox.images, name) for name in agentbox.images.__all__)
 
