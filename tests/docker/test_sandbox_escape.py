@@ -13,6 +13,8 @@ import os
 import re
 import secrets
 import stat
+import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -203,6 +205,61 @@ def test_an_abandoned_fill_is_cleared_and_done_again(
             mounts=[Mount(target="/opt/agentbox", source=name, read_only=True, no_copy=True)],
         )
         assert listing.split() == [b"agentbox-entrypoint"]
+    finally:
+        for container in docker_client.api.containers(all=True, filters={"label": f"{CASE_LABEL}={marker}"}):
+            docker_client.api.remove_container(container["Id"], force=True)
+        from docker.errors import NotFound
+
+        with contextlib.suppress(NotFound):
+            docker_client.api.remove_volume(name)
+        docker_client.images.remove(image.id, force=True)
+    assert _leftovers(docker_client, marker) == []
+
+
+FILL_ONCE = """
+import sys
+from agentbox.engine import docker_client
+from agentbox.images import ensure_server_volume
+client = docker_client()
+print(ensure_server_volume(client, sys.argv[1], labels={sys.argv[2]: sys.argv[3]}))
+"""
+
+
+def test_processes_filling_one_volume_at_once_all_get_it_filled(
+    docker_client: Any, runtime_image: str, labels: dict[str, str]
+) -> None:
+    # Several processes start the first sandbox of a new image at the same moment: one fills, the others
+    # wait for its filler (the engine's container-name lock), and all get a complete volume.
+    marker = uuid.uuid4().hex
+    image, _ = docker_client.images.build(
+        fileobj=io.BytesIO(f"FROM {runtime_image}\nLABEL {CASE_LABEL}={marker}\n".encode()),
+        labels={**labels, CASE_LABEL: marker},
+        rm=True,
+    )
+    name = server_volume_name(image.id)
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", FILL_ONCE, image.id, CASE_LABEL, marker], stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(3)
+        ]
+        outputs = [proc.communicate(timeout=300)[0].strip() for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0, 0]
+        assert outputs == [name, name, name]
+        assert not docker_client.api.containers(all=True, filters={"name": f"{name}-fill"})
+        from docker.types import Mount
+
+        count = docker_client.containers.run(
+            image.id,
+            entrypoint=["sh", "-c", "find /opt/agentbox | wc -l; find /opt/agentbox-image | wc -l"],
+            command=[],
+            remove=True,
+            network_disabled=True,
+            labels={**labels, CASE_LABEL: marker},
+            mounts=[Mount(target="/opt/agentbox-image", source=name, read_only=True, no_copy=True)],
+        ).split()
+        assert count[0] == count[1], count  # the volume holds every file the image has there
     finally:
         for container in docker_client.api.containers(all=True, filters={"label": f"{CASE_LABEL}={marker}"}):
             docker_client.api.remove_container(container["Id"], force=True)
