@@ -167,6 +167,8 @@ def test_server_volume_is_per_image_labelled_and_only_for_agentbox_images(
     assert not docker_client.api.containers(all=True, filters={"name": f"{name}-fill"})
     # The base it was built on has no agentbox server: nothing to protect, no volume.
     assert ensure_server_volume(docker_client, image.labels["agentbox.base"]) is None
+    # An absent image: nothing to mount, and the container create that follows reports it with its fix.
+    assert ensure_server_volume(docker_client, "agentbox-test-absent:nope") is None
 
 
 def test_an_abandoned_fill_is_cleared_and_done_again(

@@ -88,12 +88,18 @@ def ensure_server_volume(
     not an agentbox runtime image (no ``agentbox.runtime`` label: it has no server to protect).
 
     ``labels`` are added to a volume created now (tests mark theirs). Costs two engine calls once the
-    volume exists (the image, the volume); the first sandbox of a new image waits for the copy (~2 s).
-    Raises ImageNotFoundError when ``image`` is absent, EngineError when the copy fails.
+    volume exists (the image, the volume; ~4 ms); the first sandbox of a new image waits for the copy
+    (~2 s). None too when ``image`` is absent: the container create that follows reports that, with its
+    fix. Raises EngineError when the copy fails.
     """
+    from docker.errors import ImageNotFound
+
     api = client.api
     with translate_errors(f"looking up image {image}"):
-        found = client.images.get(image)
+        try:
+            found = client.images.get(image)
+        except ImageNotFound:
+            return None  # nothing to mount: creating the container says the image is missing, with the fix
     if (found.labels or {}).get(LABEL_RUNTIME) != "1":
         return None
     name = server_volume_name(found.id)
