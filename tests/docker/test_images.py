@@ -294,6 +294,7 @@ def test_work_dir_ownership(
     # A bind mount keeps its owner, even when empty: the host's tree is never chowned.
     bind = tmp_path / "ws"
     bind.mkdir()
+    bind.chmod(0o777)  # writable by the sandbox user without being its: agentbox refuses an unwritable workspace
     owner = bind.stat().st_uid
     uid = 1234 if owner != 1234 else 4321
     sandbox = sandboxes(runtime_container_image=bootstrap_runtime, user_id=uid, volumes=[f"{bind}:/workspace"])
