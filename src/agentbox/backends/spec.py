@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from agentbox.config import SandboxConfig
-from agentbox.errors import ConfigError
+from agentbox.errors import VolumeSpecError
+from agentbox.hostpaths import check_bind_mounts
 from agentbox.volumes import Mount
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_NETWORK",
     "HARDENED_CAP_ADD",
     "NONE_NETWORK",
+    "SERVER_DIR",
     "SERVER_PORT",
     "SOCKET_MOUNT",
     "SOCKET_NAME",
@@ -32,6 +34,7 @@ __all__ = [
     "spec_from_config",
     "to_docker_args",
     "unix_socket_spec",
+    "with_server_volume",
 ]
 
 #: Port the runtime server listens on inside a bridged sandbox. High and unusual, so an agent's own web
@@ -44,6 +47,8 @@ DEFAULT_NETWORK = "agentbox-net"
 #: directory with its sandbox, so there it becomes the manager's internal control network (and, in a
 #: host-networked manager container, this shared internal network, icc off).
 NONE_NETWORK = "agentbox-none"
+#: Where the runtime server's code lives in a runtime image; mounted read-only (:func:`with_server_volume`).
+SERVER_DIR = "/opt/agentbox"
 #: Where a network-less sandbox's socket directory is mounted, and the server's socket in it.
 SOCKET_MOUNT = "/run/agentbox-sock"
 SOCKET_NAME = "server.sock"
@@ -56,8 +61,6 @@ DEFAULT_CAP_DROP: tuple[str, ...] = ("NET_RAW", "MKNOD", "SYS_CHROOT", "SETFCAP"
 #: Hardened mode drops everything but what the entrypoint needs to create the user, make the work dir
 #: and switch to the uid; setpriv then drops these too before the server starts (CapEff 0).
 HARDENED_CAP_ADD: tuple[str, ...] = ("CHOWN", "SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE", "FOWNER")
-
-_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 
 
 @dataclass(frozen=True)
@@ -145,14 +148,9 @@ class ContainerSpec:
 
 
 def _check_mounts(mounts: tuple[Mount, ...], allow_docker_socket: bool) -> None:
-    for mount in mounts:
-        if mount.kind != "bind" or allow_docker_socket:
-            continue
-        if mount.source in _DOCKER_SOCKETS or posixpath.basename(mount.source) == "docker.sock":
-            raise ConfigError(
-                f"volume {mount.spec()!r} mounts the Docker socket into the sandbox, which gives it root "
-                "on the host; remove it (or pass allow_docker_socket=True if you really mean it)"
-            )
+    # By resolved path and inode, not spelling: a parent directory, `/` or a symlink exposes the socket too.
+    if not allow_docker_socket:
+        check_bind_mounts(mounts)
 
 
 def server_command(config: SandboxConfig, *, host: str, port: int) -> tuple[str, ...]:
@@ -174,7 +172,8 @@ def spec_from_config(
     """The container spec for ``config`` running ``image``; networks are still the configured names.
 
     ``labels`` are attached as given (the caller adds the ``agentbox.*`` identity labels). Raises
-    ConfigError for a Docker socket mount unless ``allow_docker_socket``.
+    VolumeSpecError (a ConfigError) for a bind mount that exposes a container engine's socket, whatever
+    its spelling, unless ``allow_docker_socket``.
     """
     mounts = tuple(config.volumes)
     _check_mounts(mounts, allow_docker_socket)
@@ -222,6 +221,27 @@ def spec_from_config(
         runtime=None if config.runtime == "runc" else config.runtime,
         security=security,
     )
+
+
+def with_server_volume(spec: ContainerSpec, volume: str | None) -> ContainerSpec:
+    """``spec`` with the image's server volume mounted read-only at :data:`SERVER_DIR` (unchanged for
+    None: an image without an agentbox server).
+
+    The runtime server's code must not be writable from the sandbox in any mode: a read-only mount is
+    the one thing neither root nor sudo inside can undo (no CAP_SYS_ADMIN). See
+    :mod:`agentbox.images.server_volume`. Raises VolumeSpecError when a configured mount already
+    targets :data:`SERVER_DIR`.
+    """
+    if volume is None:
+        return spec
+    for mount in spec.mounts:
+        if mount.target == SERVER_DIR:
+            raise VolumeSpecError(
+                f"volume {mount.spec()!r}: {SERVER_DIR} holds the sandbox's runtime server and cannot be "
+                "mounted over; choose another container path"
+            )
+    server = Mount(source=volume, target=SERVER_DIR, read_only=True, kind="volume")
+    return replace(spec, mounts=(*spec.mounts, server))
 
 
 def unix_socket_spec(spec: ContainerSpec, socket_dir: str) -> ContainerSpec:

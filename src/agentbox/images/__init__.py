@@ -13,7 +13,11 @@ The image contract (what the Docker backend relies on)::
     /run/agentbox/session-key   put before start (0600): the server's API key, deleted once read
     /run/agentbox/env.sh        optional ``export NAME='value'`` lines, sourced then deleted
 
-The server runs from ``/opt/agentbox/venv`` (not on PATH) as the user with uid UID.
+The server runs from ``/opt/agentbox/venv`` (not on PATH) as the user with uid UID. ``/opt/agentbox``
+is root-owned (0755 directories, 0644 files, the build fails otherwise) and, in a sandbox, a read-only
+mount of the image's server volume (:func:`ensure_server_volume`): nothing inside can rewrite the server.
+A start without a session key (``docker restart``) waits for one to be put in; env.sh must be put in
+before the key.
 """
 
 from agentbox.images.base import BOOTSTRAP_IMAGE, BaseImage, bootstrap_base_image, ensure_base_image
@@ -28,6 +32,7 @@ from agentbox.images.build import (
     ensure_runtime_image,
 )
 from agentbox.images.inventory import ImageInfo, list_images, prune_images
+from agentbox.images.server_volume import ensure_server_volume, prune_server_volumes, server_volume_name
 
 __all__ = [
     "BOOTSTRAP_IMAGE",
@@ -43,6 +48,9 @@ __all__ = [
     "build_runtime_image",
     "ensure_base_image",
     "ensure_runtime_image",
+    "ensure_server_volume",
     "list_images",
     "prune_images",
+    "prune_server_volumes",
+    "server_volume_name",
 ]

@@ -22,6 +22,7 @@ from agentbox.images.build import (
     _image_or_none,
 )
 from agentbox.images.context import make_context
+from agentbox.images.server_volume import prune_server_volumes
 
 if TYPE_CHECKING:
     import docker
@@ -111,7 +112,8 @@ def prune_images(
 
     Each removed image is named by its first tag, or its id when untagged. Images a container still
     uses are skipped: docker refuses to remove them and agentbox never forces it. ``labels`` narrows
-    pruning to images that also carry those labels.
+    pruning to images that also carry those labels. The server volumes of images no longer present
+    (these, and any removed otherwise) go too.
     """
     from docker.errors import APIError, ImageNotFound
 
@@ -133,4 +135,5 @@ def prune_images(
                     continue  # a container still uses it
                 raise EngineError(f"removing runtime image {name}: {exc.explanation or exc}") from None
             removed.append(name)
+        prune_server_volumes(engine)
     return removed
