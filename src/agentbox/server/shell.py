@@ -48,7 +48,7 @@ from agentbox.protocol import (
     SessionInfo,
     StreamEnd,
 )
-from agentbox.server.procs import ChildReaper, kill_session, spawn
+from agentbox.server.procs import ChildReaper, Lineage, check_directory, now, spawn
 from agentbox.server.settings import ServerSettings
 from agentbox.server.spool import RawSpool, TruncatingText
 
@@ -96,6 +96,7 @@ class ShellCommand:
         self.seq = seq
         self.text = text
         self.started = time.monotonic()
+        self.start = now()
         self.last_output_at = self.started
         self.spool = RawSpool(spool_path.format(id=self.id))
         self.limit = limit
@@ -163,8 +164,9 @@ class ShellCommand:
 class _Bash:
     """One bash process on one PTY (a session restarts by replacing it)."""
 
-    def __init__(self, proc_pid: int, master: int, nonce: bytes, directory: str) -> None:
+    def __init__(self, proc_pid: int, master: int, nonce: bytes, directory: str, lineage: Lineage) -> None:
         self.pid = proc_pid
+        self.lineage = lineage
         self.master = master
         self.directory = directory
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -208,8 +210,7 @@ class ShellSession:
 
     def start(self) -> None:
         """Spawn bash (returns at once; commands wait for its first prompt)."""
-        if not os.path.isdir(self._start_cwd):
-            raise BadRequestError(f"cannot start session {self.name!r}: {self._start_cwd!r} is not a directory")
+        check_directory(self._start_cwd, "cwd")
         self._bash = self._spawn(self._start_cwd)
 
     def _spawn(self, cwd: str) -> _Bash:
@@ -234,10 +235,11 @@ class ShellSession:
             termios.tcsetattr(slave, termios.TCSANOW, attrs)
             size = struct.pack("HHHH", self._settings.term_rows, self._settings.term_columns, 0, 0)
             fcntl.ioctl(slave, termios.TIOCSWINSZ, size)
+            lineage = Lineage()
             proc = spawn(
                 [self._settings.shell, "--noprofile", "--rcfile", rc, "--noediting", "-i"],
                 cwd=cwd,
-                env=self._env,
+                env=lineage.environment(self._env),
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -245,11 +247,13 @@ class ShellSession:
             )
         except BaseException:
             os.close(master)
+            shutil.rmtree(directory, ignore_errors=True)
             raise
         finally:
             os.close(slave)
         os.set_blocking(master, False)
-        bash = _Bash(proc.pid, master, nonce, directory)
+        lineage.root = proc.pid
+        bash = _Bash(proc.pid, master, nonce, directory, lineage)
         loop.add_reader(master, self._on_readable, bash)
         self._reaper.watch(proc, lambda status: self._on_bash_exit(bash, status))
         self.cwd = cwd
@@ -262,7 +266,7 @@ class ShellSession:
         loop = asyncio.get_running_loop()
         loop.remove_reader(bash.master)
         os.close(bash.master)
-        kill_session(bash.pid)
+        bash.lineage.kill()
         shutil.rmtree(bash.directory, ignore_errors=True)
         if not bash.ready.done():
             bash.ready.set_exception(RuntimeServerError(f"bash of session {self.name!r} ended during startup"))
@@ -349,6 +353,10 @@ class ShellSession:
         cmd = self._command
         if cmd is not None and seq == str(cmd.seq).encode():
             self._command = None
+            if cmd.timed_out or cmd.interrupted:
+                # Its foreground ended, but what it put in the background must not outlive it either;
+                # done before the result is out, so the next command cannot be caught in the sweep.
+                bash.lineage.kill(since=cmd.start)
             cmd.finish(exit_code, cwd)
 
     def _on_bash_exit(self, bash: _Bash, status: int) -> None:
@@ -533,13 +541,17 @@ class ShellSession:
         else:
             cmd.interrupted = True
         grace = self._settings.kill_grace_s
-        for sig in (signal.SIGINT, signal.SIGKILL):
-            if not cmd.running:
-                return
-            self._signal_foreground(sig)
+        bash = self._bash
+        # SIGINT first: the command may clean up (and bash prints its prompt when its job ends).
+        self._signal_foreground(signal.SIGINT)
+        await asyncio.wait([cmd.done], timeout=grace)
+        if cmd.running and bash is not None and bash is self._bash:
+            # Then everything the command started, whatever process group or session it moved to (the
+            # foreground job, its background jobs, a fork bomb), frozen first so none can fork away.
+            bash.lineage.kill(since=cmd.start)
             await asyncio.wait([cmd.done], timeout=grace)
         if cmd.running and self._bash is not None and self._command is cmd:
-            # The job survived SIGKILL or is bash itself ignoring SIGINT: only a new shell helps.
+            # Bash itself runs the job (a builtin loop ignoring SIGINT): only a new shell helps.
             bash = self._bash
             self._teardown(bash)
             self._command = None
@@ -590,7 +602,7 @@ class ShellManager:
             raise ConflictError(f"session {req.name!r} already exists")
         cwd = None
         if req.cwd is not None:
-            cwd = os.path.join(self.cwd_of("default"), os.path.expanduser(req.cwd))
+            cwd = os.path.normpath(os.path.join(self.cwd_of("default"), os.path.expanduser(req.cwd)))
         session = ShellSession(req.name, self._settings, self._reaper, cwd=cwd, env=req.env, register=self._register)
         session.start()
         self._sessions[req.name] = session
