@@ -79,6 +79,8 @@ _SESSION_ENV = {
 }
 
 _READY_TIMEOUT_S = 15.0
+# Largest piece of output one stream event carries.
+_STREAM_CHUNK = 256 * 1024
 # How long a command waits for the prompt bash prints after a SIGINT (it comes in milliseconds).
 _REPROMPT_WAIT_S = 2.0
 
@@ -101,7 +103,7 @@ class ShellCommand:
         self.spool = RawSpool(spool_path.format(id=self.id))
         self.limit = limit
         self.pending = TruncatingText(limit)
-        self.listeners: list[Callable[[str], None]] = []
+        self.listeners: list[Callable[[], None]] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.exit_code: int | None = None
         self.cwd: str | None = None
@@ -126,7 +128,7 @@ class ShellCommand:
             self.last_output_at = time.monotonic()
             self.pending.add(text)
             for listener in self.listeners:
-                listener(text)
+                listener()
 
     def finish(self, exit_code: int | None, cwd: str) -> None:
         """Record the outcome and wake whoever waits for it."""
@@ -411,7 +413,10 @@ class ShellSession:
                 "or interrupt it before running another command (or use another session)"
             )
         self._seq += 1
-        limit = max(req.max_output_chars or 0, self._settings.max_output_chars)
+        # What a command holds in memory grows with its limit: the client may ask for less, or for more up
+        # to the cap, never for unbounded (the full output is in the spool whatever the limit).
+        settings = self._settings
+        limit = min(max(req.max_output_chars or 0, settings.max_output_chars), settings.max_output_chars_cap)
         spool = os.path.join(self._state_dir, "cmd-{id}.out")
         cmd = ShellCommand(self.name, self._seq, req.command, spool, limit)
         script = os.path.join(bash.directory, "cmd.sh")
@@ -437,39 +442,47 @@ class ShellSession:
         """Start a command (errors such as a busy session raise here, before any event) and return
         an iterator of its output as produced, ending with its result (without output)."""
         cmd = await self._begin(req)
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        cmd.listeners.append(queue.put_nowait)
-        cmd.done.add_done_callback(lambda _f: queue.put_nowait(None))
-        return self._events(cmd, queue, req.no_output_timeout)
+        return self._events(cmd, req.no_output_timeout)
 
     async def _events(
-        self, cmd: ShellCommand, queue: asyncio.Queue[str | None], no_output_timeout: float | None
+        self, cmd: ShellCommand, no_output_timeout: float | None
     ) -> AsyncIterator[OutputChunk | StreamEnd]:
+        # Events are read from the command's spool at the consumer's pace, not queued as produced: a
+        # consumer that stalls (its TCP window full, so the SSE writer waits in `send`) then costs no
+        # memory at all, while the command runs on at full speed into the spool on disk, exactly as for
+        # `run`. Stopping the PTY reads instead would also bound memory, but would stall the command on
+        # a slow client and leave `run`, `output` and the timeouts of the same command blind meanwhile.
+        wake = asyncio.Event()
+        cmd.listeners.append(wake.set)
+        cmd.done.add_done_callback(lambda _f: wake.set())
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        offset = 0
         try:
-            ended = False
-            while not ended:
+            while True:
+                data = await cmd.spool.read_at(offset, _STREAM_CHUNK)
+                if data:
+                    offset += len(data)
+                    if text := decoder.decode(data):
+                        yield OutputChunk(text=text)
+                    continue
+                if not cmd.running:  # ended, and its spool is read to the end
+                    if text := decoder.decode(b"", final=True):
+                        yield OutputChunk(text=text)
+                    break
+                wake.clear()
+                if cmd.spool.size > offset:
+                    continue
                 timeout = None
                 if no_output_timeout is not None:
                     timeout = cmd.last_output_at + no_output_timeout - time.monotonic()
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    if time.monotonic() - cmd.last_output_at >= (no_output_timeout or 0):
+                    if timeout <= 0:
                         break
-                    continue
-                parts = []
-                while item is not None:  # coalesce what queued up meanwhile into one event
-                    parts.append(item)
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                ended = item is None
-                if parts:
-                    yield OutputChunk(text="".join(parts))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
             yield StreamEnd(result=cmd.take_result(self.cwd, with_output=False))
         finally:
             with contextlib.suppress(ValueError):
-                cmd.listeners.remove(queue.put_nowait)
+                cmd.listeners.remove(wake.set)
 
     async def _wait(self, cmd: ShellCommand, timeout: float | None, no_output_timeout: float | None) -> None:
         """Wait until ``cmd`` ends, ``timeout`` passes, or it printed nothing for ``no_output_timeout``."""
