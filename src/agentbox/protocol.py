@@ -20,9 +20,18 @@ Requests and responses are lenient in opposite directions, so that versions can 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 
 __all__ = [
     "API_KEY_HEADER",
@@ -126,6 +135,25 @@ def _env_name(value: str) -> str:
     return _utf8(value)
 
 
+def _whole_number(value: Any, info: ValidationInfo) -> Any:
+    # JSON Schema counts 1.0 as an integer, so it is one here; a boolean or a string is not (JSON's `true`
+    # is no count), except in a query string, where every value is text.
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        if info.context and info.context.get("query") and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise ValueError("must be a whole number")
+    return value
+
+
+#: Makes an ``Annotated[int, Field(...), WHOLE]`` an integer that is also 3.0, never true or "3" (in a
+#: body; a query string's "3" is 3). The bounds sit on the int itself, before this validator, so the JSON
+#: schema keeps them as minimum/maximum.
+_WHOLE = BeforeValidator(_whole_number)
+
 #: Any text that must survive UTF-8 (file content, terminal input, Python source).
 Text = Annotated[str, AfterValidator(_utf8)]
 #: Shell source: also no NUL (bash drops or refuses it; ``exec`` cannot pass it).
@@ -138,14 +166,26 @@ PathText = Annotated[
 EnvName = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^=\x00]+$"), AfterValidator(_env_name)]
 #: An environment variable value.
 EnvValue = Annotated[str, Field(pattern=r"^[^\x00]*$"), AfterValidator(_no_nul), AfterValidator(_utf8)]
-#: Extra environment variables of a session or command.
-Env = Annotated[dict[EnvName, EnvValue], Field(max_length=4096)]
+#: Extra environment variables of a session or command. Described with patternProperties (what
+#: generators such as schemathesis honour) rather than pydantic's propertyNames.
+Env = Annotated[
+    dict[EnvName, EnvValue],
+    Field(max_length=4096),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 4096,
+            "patternProperties": {r"^[^=\x00]+$": {"type": "string", "pattern": r"^[^\x00]*$"}},
+            "additionalProperties": False,
+        }
+    ),
+]
 #: A byte offset or count: never negative, never beyond what a C ``off_t`` holds.
-Offset = Annotated[int, Field(ge=0, le=MAX_INT)]
+Offset = Annotated[int, Field(ge=0, le=MAX_INT), _WHOLE]
 #: A 1-based line number.
-LineNumber = Annotated[int, Field(ge=1, le=MAX_INT)]
+LineNumber = Annotated[int, Field(ge=1, le=MAX_INT), _WHOLE]
 #: Cap on returned output; larger values are clamped by the server, whose full output stays spooled.
-OutputChars = Annotated[int, Field(ge=200, le=MAX_INT)]
+OutputChars = Annotated[int, Field(ge=200, le=MAX_INT), _WHOLE]
 
 SessionName = Annotated[
     str,
@@ -167,9 +207,8 @@ class WireModel(BaseModel):
 
 
 class QueryModel(WireModel):
-    """Base of query-string models: every value arrives as a string, so numbers are parsed from text."""
-
-    model_config = ConfigDict(extra="forbid", strict=False, defer_build=True)
+    """Base of query-string models: every value arrives as text; validate them with
+    ``context={"query": True}`` so that whole numbers are parsed from it."""
 
 
 class ResponseModel(BaseModel):
@@ -335,7 +374,9 @@ class BackgroundOutputQuery(QueryModel):
     """Which part of a background command's output to read."""
 
     offset: Offset = Field(default=0, description="Byte offset to read from.")
-    max_bytes: int = Field(default=1_000_000, ge=1, le=64_000_000, description="Most bytes to return.")
+    max_bytes: Annotated[int, Field(ge=1, le=64_000_000), _WHOLE] = Field(
+        default=1_000_000, description="Most bytes to return."
+    )
 
 
 class BackgroundOutput(ResponseModel):
@@ -375,19 +416,38 @@ class FileContent(ResponseModel):
     total_lines: int | None = Field(default=None, description="Number of lines in the file (text only).")
 
 
+#: Canonical base64 (what the server decodes with validation on): the alphabet, padded to whole quads.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_BASE64 = re.compile(BASE64_PATTERN)
+
+
 class WriteFile(_PathRequest):
     """Write a file, creating parent directories."""
+
+    # The schema says it too (if encoding is base64, then content is base64), so generators and clients
+    # written from the OpenAPI document know the rule the validator below enforces.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"encoding": {"const": "base64"}}, "required": ["encoding"]},
+            "then": {"properties": {"content": {"pattern": BASE64_PATTERN}}},
+        }
+    )
 
     content: Text = Field(description="Text, or base64 of the bytes.")
     encoding: Encoding = Field(default="text", description="How content is encoded.")
     append: bool = Field(default=False, description="Append instead of replacing.")
-    mode: int | None = Field(default=None, ge=0, le=0o7777, description="Permission bits for a new file.")
+    mode: Annotated[int, Field(ge=0, le=0o7777), _WHOLE] | None = Field(
+        default=None, description="Permission bits for a new file."
+    )
 
     @model_validator(mode="after")
-    def _base64_is_ascii(self) -> WriteFile:
-        # Decoding non-ASCII base64 raises a ValueError deep in the file service; the field is known here.
-        if self.encoding == "base64" and not self.content.isascii():
-            raise ValueError("content: base64 content must be ASCII (A-Z, a-z, 0-9, '+', '/', '=')")
+    def _base64_is_valid(self) -> WriteFile:
+        # Decoding bad base64 fails deep in the file service (non-ASCII even as a ValueError, a 500); the
+        # field is known here.
+        if self.encoding == "base64" and not _BASE64.match(self.content):
+            raise ValueError(
+                "content: not valid base64 (only A-Z, a-z, 0-9, '+', '/', padded with '=' to a multiple of 4)"
+            )
         return self
 
 
@@ -431,7 +491,7 @@ class ViewOp(_EditBase):
     """Show a file with line numbers, or a directory two levels deep."""
 
     command: Literal["view"] = Field(description="Operation.")
-    view_range: tuple[LineNumber, Annotated[int, Field(ge=-1, le=MAX_INT)]] | None = Field(
+    view_range: tuple[LineNumber, Annotated[int, Field(ge=-1, le=MAX_INT), _WHOLE]] | None = Field(
         default=None, description="[first, last] lines (1-based; last -1 means to the end)."
     )
 
@@ -455,7 +515,7 @@ class InsertOp(_EditBase):
     """Insert text after a line (0 inserts at the top)."""
 
     command: Literal["insert"] = Field(description="Operation.")
-    insert_line: int = Field(ge=0, le=MAX_INT, description="Insert after this line (0 = before the first line).")
+    insert_line: Offset = Field(description="Insert after this line (0 = before the first line).")
     new_str: Text = Field(description="Text to insert.")
 
 

@@ -35,7 +35,7 @@ import termios
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from agentbox.errors import BadRequestError, ConflictError
+from agentbox.errors import BadRequestError, ConflictError, NotFoundError
 
 __all__ = ["LINEAGE_VAR", "ChildReaper", "Instant", "Lineage", "check_directory", "now", "spawn"]
 
@@ -66,10 +66,11 @@ def _child_setup_tty() -> None:
 
 
 def check_directory(path: str, field: str) -> str:
-    """``path`` if it is a directory the server's user can start a process in, else a 400 naming ``field``."""
+    """``path`` if it is a directory the server's user can start a process in, else a 4xx naming ``field``."""
+    if not os.path.lexists(path):
+        raise NotFoundError(f"{field}: {path} does not exist")
     if not os.path.isdir(path):
-        what = "does not exist" if not os.path.lexists(path) else "is not a directory"
-        raise BadRequestError(f"{field}: {path} {what}")
+        raise BadRequestError(f"{field}: {path} is not a directory")
     if not os.access(path, os.X_OK):
         raise BadRequestError(f"{field}: permission denied to enter {path} (the server runs as uid {os.getuid()})")
     return path

@@ -15,6 +15,7 @@ declared path does not have).
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -64,8 +65,27 @@ class Endpoint:
     body: Any = None
     query: type[BaseModel] | None = None
     response: Any = None
-    content_type: str = "application/json"
+    content_type: str | tuple[str, ...] = "application/json"
     raw_body: bool = False
+
+
+def _body_error(adapter: TypeAdapter[Any], raw: bytes, exc: ValidationError) -> BadRequestError:
+    """The error for a body that failed validation, naming the field even for a lone surrogate.
+
+    JSON may spell a lone surrogate ("\\ud800"), which pydantic's parser rejects as invalid JSON without
+    saying where. The stdlib parser accepts it, so on that error path only the body is parsed again to
+    let the wire types say which field holds it.
+    """
+    if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            return request_error(exc, "body")
+        try:
+            adapter.validate_python(data)
+        except ValidationError as second:
+            return request_error(second, "body")
+    return request_error(exc, "body")
 
 
 def body_too_large(limit: int) -> BadRequestError:
@@ -107,14 +127,15 @@ class TypedRouter:
         body: Any = None,
         query: type[BaseModel] | None = None,
         response: Any = None,
-        content_type: str = "application/json",
+        content_type: str | tuple[str, ...] = "application/json",
         raw_body: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Register ``handler(request, [body=...], [query=...])``; its docstring's first line is the summary.
 
         ``body`` is a wire type (model or discriminated union) parsed from the JSON body; ``query`` a model
         filled from the query string; ``response`` the wire type answered (None: the handler returns a
-        Starlette Response itself, described by ``content_type``).
+        Starlette Response itself, described by ``content_type``: one media type, or every one it may
+        answer with).
         """
 
         def register(handler: Handler) -> Handler:
@@ -166,10 +187,10 @@ class TypedRouter:
                 try:
                     kwargs["body"] = adapter[0].validate_json(raw or b"{}")
                 except ValidationError as exc:
-                    raise request_error(exc, "body") from None
+                    raise _body_error(adapter[0], raw, exc) from None
             if query is not None:
                 try:
-                    kwargs["query"] = query.model_validate(dict(request.query_params))
+                    kwargs["query"] = query.model_validate(dict(request.query_params), context={"query": True})
                 except ValidationError as exc:
                     raise request_error(exc, "query") from None
             result = await handler(request, **kwargs)
@@ -223,8 +244,9 @@ class TypedRouter:
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                 }
             ok = {"schema": schema_of(ep.response)} if ep.response is not None else {}
+            types = (ep.content_type,) if isinstance(ep.content_type, str) else ep.content_type
             op["responses"] = {
-                "200": {"description": "OK", "content": {ep.content_type: ok}},
+                "200": {"description": "OK", "content": {t: ok for t in types}},
                 "default": {"description": "Error", "content": {"application/json": {"schema": error_ref}}},
             }
             if ep.path != "/alive":
