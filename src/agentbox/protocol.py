@@ -28,6 +28,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationInfo,
     WithJsonSchema,
     model_validator,
@@ -154,6 +155,16 @@ def _whole_number(value: Any, info: ValidationInfo) -> Any:
 #: schema keeps them as minimum/maximum.
 _WHOLE = BeforeValidator(_whole_number)
 
+
+def _real_number(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a number")
+    return value
+
+
+#: A flag: JSON true or false only (not 1, "yes" or "true").
+Flag = Annotated[bool, Strict()]
+
 #: Any text that must survive UTF-8 (file content, terminal input, Python source).
 Text = Annotated[str, AfterValidator(_utf8)]
 #: Shell source: also no NUL (bash drops or refuses it; ``exec`` cannot pass it).
@@ -194,16 +205,19 @@ SessionName = Annotated[
         description="Shell session name: letters, digits, '_', '.', '-' (at most 64).",
     ),
 ]
-Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+#: A duration: a number (integers too), never true or "3".
+Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600), BeforeValidator(_real_number)]
 Encoding = Literal["text", "base64"]
 
 
 class WireModel(BaseModel):
-    """Base of every request model: unknown fields are rejected and JSON types are not coerced."""
+    """Base of every request model: unknown fields are rejected, and the wire types do not coerce JSON."""
 
     # defer_build: validators are built on first use, not at import (server startup is on the clock).
-    # strict: a JSON `true` is not a number and "3" is not an int (floats still take JSON integers).
-    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+    # Not pydantic's strict mode, which would also refuse what Python callers of the SDK rightly pass (a
+    # list for a tuple); the wire types above refuse what JSON must not coerce (`true` as a number, "3" as
+    # a count, 1 as a flag).
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class QueryModel(WireModel):
@@ -435,7 +449,7 @@ class WriteFile(_PathRequest):
 
     content: Text = Field(description="Text, or base64 of the bytes.")
     encoding: Encoding = Field(default="text", description="How content is encoded.")
-    append: bool = Field(default=False, description="Append instead of replacing.")
+    append: Flag = Field(default=False, description="Append instead of replacing.")
     mode: Annotated[int, Field(ge=0, le=0o7777), _WHOLE] | None = Field(
         default=None, description="Permission bits for a new file."
     )
@@ -463,7 +477,7 @@ class ListDir(WireModel):
 
     path: PathText = Field(default=".", description="Directory; relative paths resolve against the session's cwd.")
     session: SessionName = "default"
-    include_hidden: bool = Field(default=True, description="Include names starting with '.'.")
+    include_hidden: Flag = Field(default=True, description="Include names starting with '.'.")
 
 
 class DirEntry(ResponseModel):

@@ -74,6 +74,16 @@ def test_wire_types_refuse_what_the_os_cannot_take(model: type[pydantic.BaseMode
     assert info.value.errors()[0]["loc"][0] == field
 
 
+def test_python_callers_keep_their_natural_types() -> None:
+    """What JSON must not coerce is refused; what Python callers naturally pass is not (a list for a pair)."""
+    assert protocol.ViewOp(command="view", path="x", view_range=[1, -1]).view_range == (1, -1)  # type: ignore[arg-type]
+    assert RunCommand(command="x", timeout=5).timeout == 5.0
+    assert protocol.WriteFile.model_validate_json('{"path": "x", "content": "", "mode": 420.0}').mode == 420
+    for flag in ("1", '"true"'):
+        with pytest.raises(pydantic.ValidationError, match="include_hidden"):
+            protocol.ListDir.model_validate_json(f'{{"include_hidden": {flag}}}')
+
+
 def test_the_sdk_refuses_a_lone_surrogate_inside_the_error_tree(session_client: RuntimeClient) -> None:
     from agentbox.errors import BadRequestError
 
