@@ -169,6 +169,8 @@ ERROR_CODES: dict[str, tuple[type[RuntimeServerError], int]] = {
     "forbidden": (AuthenticationError, 403),
     "bad_request": (BadRequestError, 400),
     "validation_error": (BadRequestError, 422),
+    "method_not_allowed": (BadRequestError, 405),
+    "payload_too_large": (BadRequestError, 413),
     "not_found": (NotFoundError, 404),
     "conflict": (ConflictError, 409),
     "file_error": (FileOperationError, 400),

@@ -1,16 +1,38 @@
 """The wire models of the runtime server API, shared by the server and the client.
 
-Every request and response body that crosses HTTP is one of these pydantic v2 models. They forbid unknown
-fields (a typo in a field name is an error, not silently ignored), and models with variants are
-discriminated unions on a literal field (``type`` for outputs and stream events, ``command`` for editor
-operations). Nothing else in agentbox defines a wire shape.
+Every request and response body that crosses HTTP is one of these pydantic v2 models, and models with
+variants are discriminated unions on a literal field (``type`` for outputs and stream events, ``command``
+for editor operations). Nothing else in agentbox defines a wire shape.
+
+Requests and responses are lenient in opposite directions, so that versions can differ:
+
+- **Requests are strict** (:class:`WireModel`): unknown fields are refused (a typo is an error, not
+  silently ignored), JSON types are not coerced (``true`` is not a timeout, ``"3"`` is not a count), and
+  every string that reaches the OS is checked here, once, by the annotated types below (:data:`Text`,
+  :data:`CommandText`, :data:`PathText`, :data:`Env`, :data:`Offset`...): no NUL byte where the kernel
+  would refuse one, no lone surrogate that cannot become UTF-8, no integer that overflows a C ``long``, no
+  path deeper than the server can walk. The server turns a failure into a 4xx naming the field, so no
+  service below the routes ever sees such input.
+- **Responses are tolerant** (:class:`ResponseModel`): unknown fields are ignored, so an older client
+  reads a newer server's answer.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 
 __all__ = [
     "API_KEY_HEADER",
@@ -23,11 +45,13 @@ __all__ = [
     "BackgroundOutputQuery",
     "BackgroundStart",
     "CommandResult",
+    "CommandText",
     "CreateOp",
     "DirEntry",
     "DirListing",
     "EditOp",
     "EditResult",
+    "Env",
     "ErrorBody",
     "ErrorOutput",
     "FileContent",
@@ -35,11 +59,15 @@ __all__ = [
     "InsertOp",
     "KernelStatus",
     "ListDir",
+    "Offset",
     "OutputChunk",
+    "PathText",
     "PythonOutput",
     "PythonResult",
+    "QueryModel",
     "ReadFile",
     "ReadOutput",
+    "ResponseModel",
     "RichOutput",
     "RunCommand",
     "RunPython",
@@ -55,10 +83,12 @@ __all__ = [
     "StreamEnd",
     "StreamEvent",
     "StreamOutput",
+    "Text",
     "TransferQuery",
     "UndoEditOp",
     "UploadResult",
     "ViewOp",
+    "WireModel",
     "WriteFile",
 ]
 
@@ -69,6 +99,105 @@ FORMAT_HEADER = "X-Agentbox-Format"
 #: The server prints this, followed by its URL, once it accepts connections.
 READY_LINE_PREFIX = "agentbox-server ready on "
 
+#: Longest path accepted (Linux PATH_MAX, in characters; the kernel counts bytes and says so itself).
+MAX_PATH_CHARS = 4096
+#: Most components in a path: deeper trees exceed what recursive walks (``os.makedirs``) can handle.
+MAX_PATH_DEPTH = 512
+#: Largest integer in a request: JSON-safe for every client, and far inside a C ``off_t``/``long``.
+MAX_INT = 2**53 - 1
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(value: str) -> str:
+    # A lone surrogate (possible in a Python str, not in UTF-8) would fail later, deep inside a write or
+    # a serialisation, outside the error tree; refuse it where the field is known.
+    if _SURROGATE.search(value):
+        raise ValueError("contains a lone surrogate (not encodable as UTF-8)")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte, which the OS cannot take in a path, argument or environment")
+    return value
+
+
+def _path(value: str) -> str:
+    _no_nul(_utf8(value))
+    if value.count("/") >= MAX_PATH_DEPTH:
+        raise ValueError(f"has more than {MAX_PATH_DEPTH} components")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not value or "=" in value or "\x00" in value:
+        raise ValueError(f"environment variable name {value!r} must be non-empty, without '=' or NUL")
+    return _utf8(value)
+
+
+def _whole_number(value: Any, info: ValidationInfo) -> Any:
+    # JSON Schema counts 1.0 as an integer, so it is one here; a boolean or a string is not (JSON's `true`
+    # is no count), except in a query string, where every value is text.
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        if info.context and info.context.get("query") and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise ValueError("must be a whole number")
+    return value
+
+
+#: Makes an ``Annotated[int, Field(...), WHOLE]`` an integer that is also 3.0, never true or "3" (in a
+#: body; a query string's "3" is 3). The bounds sit on the int itself, before this validator, so the JSON
+#: schema keeps them as minimum/maximum.
+_WHOLE = BeforeValidator(_whole_number)
+
+
+def _real_number(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a number")
+    return value
+
+
+#: A flag: JSON true or false only (not 1, "yes" or "true").
+Flag = Annotated[bool, Strict()]
+
+#: Any text that must survive UTF-8 (file content, terminal input, Python source).
+Text = Annotated[str, AfterValidator(_utf8)]
+#: Shell source: also no NUL (bash drops or refuses it; ``exec`` cannot pass it).
+CommandText = Annotated[str, Field(pattern=r"^[^\x00]*$"), AfterValidator(_no_nul), AfterValidator(_utf8)]
+#: A path: non-empty, no NUL, at most PATH_MAX characters and MAX_PATH_DEPTH components.
+PathText = Annotated[
+    str, Field(min_length=1, max_length=MAX_PATH_CHARS, pattern=r"^[^\x00]+$"), AfterValidator(_path)
+]
+#: An environment variable name as ``execve`` takes it.
+EnvName = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^=\x00]+$"), AfterValidator(_env_name)]
+#: An environment variable value.
+EnvValue = Annotated[str, Field(pattern=r"^[^\x00]*$"), AfterValidator(_no_nul), AfterValidator(_utf8)]
+#: Extra environment variables of a session or command. Described with patternProperties (what
+#: generators such as schemathesis honour) rather than pydantic's propertyNames.
+Env = Annotated[
+    dict[EnvName, EnvValue],
+    Field(max_length=4096),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 4096,
+            "patternProperties": {r"^[^=\x00]+$": {"type": "string", "pattern": r"^[^\x00]*$"}},
+            "additionalProperties": False,
+        }
+    ),
+]
+#: A byte offset or count: never negative, never beyond what a C ``off_t`` holds.
+Offset = Annotated[int, Field(ge=0, le=MAX_INT), _WHOLE]
+#: A 1-based line number.
+LineNumber = Annotated[int, Field(ge=1, le=MAX_INT), _WHOLE]
+#: Cap on returned output; larger values are clamped by the server, whose full output stays spooled.
+OutputChars = Annotated[int, Field(ge=200, le=MAX_INT), _WHOLE]
+
 SessionName = Annotated[
     str,
     Field(
@@ -76,25 +205,40 @@ SessionName = Annotated[
         description="Shell session name: letters, digits, '_', '.', '-' (at most 64).",
     ),
 ]
-Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+#: A duration: a number (integers too), never true or "3".
+Seconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600), BeforeValidator(_real_number)]
 Encoding = Literal["text", "base64"]
 
 
 class WireModel(BaseModel):
-    """Base of every wire model: unknown fields are rejected."""
+    """Base of every request model: unknown fields are rejected, and the wire types do not coerce JSON."""
 
     # defer_build: validators are built on first use, not at import (server startup is on the clock).
+    # Not pydantic's strict mode, which would also refuse what Python callers of the SDK rightly pass (a
+    # list for a tuple); the wire types above refuse what JSON must not coerce (`true` as a number, "3" as
+    # a count, 1 as a flag).
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
-class ErrorBody(WireModel):
+class QueryModel(WireModel):
+    """Base of query-string models: every value arrives as text; validate them with
+    ``context={"query": True}`` so that whole numbers are parsed from it."""
+
+
+class ResponseModel(BaseModel):
+    """Base of every response model: unknown fields are ignored, so an older client reads a newer server."""
+
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+
+
+class ErrorBody(ResponseModel):
     """The body of every error response."""
 
     code: str = Field(description="Stable error code from agentbox.errors.ERROR_CODES.")
     message: str = Field(description="What went wrong and, where possible, how to fix it.")
 
 
-class Alive(WireModel):
+class Alive(ResponseModel):
     """Liveness probe answer."""
 
     status: Literal["ok"] = Field(default="ok", description="Always 'ok' when the server answers.")
@@ -107,11 +251,11 @@ class SessionCreate(WireModel):
     """Create a named persistent bash session."""
 
     name: SessionName
-    cwd: str | None = Field(default=None, description="Start directory (default: the server's work dir).")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    cwd: PathText | None = Field(default=None, description="Start directory (default: the server's work dir).")
+    env: Env = Field(default_factory=dict, description="Extra environment variables.")
 
 
-class SessionInfo(WireModel):
+class SessionInfo(ResponseModel):
     """A shell session and what it is doing."""
 
     name: str = Field(description="Session name.")
@@ -122,7 +266,7 @@ class SessionInfo(WireModel):
     command: str | None = Field(default=None, description="Text of the running command, if any.")
 
 
-class SessionList(WireModel):
+class SessionList(ResponseModel):
     """All shell sessions."""
 
     sessions: list[SessionInfo] = Field(description="Sessions, in creation order.")
@@ -131,19 +275,19 @@ class SessionList(WireModel):
 class RunCommand(WireModel):
     """Run a command in a shell session."""
 
-    command: str = Field(description="Bash source; may span lines, contain heredocs, end with '&'.")
+    command: CommandText = Field(description="Bash source; may span lines, contain heredocs, end with '&'.")
     timeout: Seconds | None = Field(
         default=None, description="Hard limit: interrupt (SIGINT, then SIGKILL) after this many seconds."
     )
     no_output_timeout: Seconds | None = Field(
         default=None, description="Return (command still running) once it printed nothing for this long."
     )
-    max_output_chars: int | None = Field(
-        default=None, ge=200, description="Cap on returned output (head and tail kept); server default if unset."
+    max_output_chars: OutputChars | None = Field(
+        default=None, description="Cap on returned output (head and tail kept); server default if unset."
     )
 
 
-class CommandResult(WireModel):
+class CommandResult(ResponseModel):
     """Outcome of a command, or of the part of it seen since the last result for that command."""
 
     command_id: str = Field(description="Id of the command; its full output stays retrievable by it.")
@@ -167,13 +311,13 @@ class ReadOutput(WireModel):
     no_output_timeout: Seconds | None = Field(
         default=1.0, description="Return once the command printed nothing for this long."
     )
-    max_output_chars: int | None = Field(default=None, ge=200, description="Cap on returned output.")
+    max_output_chars: OutputChars | None = Field(default=None, description="Cap on returned output.")
 
 
 class SendInput(ReadOutput):
     """Type text into the running command's terminal, then wait like ReadOutput."""
 
-    text: str = Field(description="Text to type; include '\\n' to press Enter.")
+    text: Text = Field(description="Text to type; include '\\n' to press Enter.")
 
 
 KeyName = Annotated[
@@ -191,14 +335,14 @@ class SendKeys(ReadOutput):
     keys: list[KeyName] = Field(min_length=1, description="Keys to press, in order.")
 
 
-class OutputChunk(WireModel):
+class OutputChunk(ResponseModel):
     """Streamed output as it is produced."""
 
     type: Literal["output"] = Field(default="output", description="Event kind.")
     text: str = Field(description="The next piece of output.")
 
 
-class StreamEnd(WireModel):
+class StreamEnd(ResponseModel):
     """Last event of a stream: the result (its output field is empty: it was streamed)."""
 
     type: Literal["result"] = Field(default="result", description="Event kind.")
@@ -214,13 +358,13 @@ StreamEvent = Annotated[OutputChunk | StreamEnd, Field(discriminator="type")]
 class BackgroundStart(WireModel):
     """Start a detached command."""
 
-    command: str = Field(description="Bash source to run with 'bash -c'.")
-    cwd: str | None = Field(default=None, description="Directory (default: the cwd of session 'session').")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    command: CommandText = Field(description="Bash source to run with 'bash -c'.")
+    cwd: PathText | None = Field(default=None, description="Directory (default: the cwd of session 'session').")
+    env: Env = Field(default_factory=dict, description="Extra environment variables.")
     session: SessionName = "default"
 
 
-class BackgroundInfo(WireModel):
+class BackgroundInfo(ResponseModel):
     """A background command."""
 
     id: str = Field(description="Background command id.")
@@ -234,20 +378,22 @@ class BackgroundInfo(WireModel):
     output_bytes: int = Field(default=0, description="Bytes of output written so far.")
 
 
-class BackgroundList(WireModel):
+class BackgroundList(ResponseModel):
     """All background commands."""
 
     commands: list[BackgroundInfo] = Field(description="Background commands, oldest first.")
 
 
-class BackgroundOutputQuery(WireModel):
+class BackgroundOutputQuery(QueryModel):
     """Which part of a background command's output to read."""
 
-    offset: int = Field(default=0, ge=0, description="Byte offset to read from.")
-    max_bytes: int = Field(default=1_000_000, ge=1, le=64_000_000, description="Most bytes to return.")
+    offset: Offset = Field(default=0, description="Byte offset to read from.")
+    max_bytes: Annotated[int, Field(ge=1, le=64_000_000), _WHOLE] = Field(
+        default=1_000_000, description="Most bytes to return."
+    )
 
 
-class BackgroundOutput(WireModel):
+class BackgroundOutput(ResponseModel):
     """A slice of a background command's output."""
 
     id: str = Field(description="Background command id.")
@@ -262,19 +408,19 @@ class BackgroundOutput(WireModel):
 
 
 class _PathRequest(WireModel):
-    path: str = Field(description="Path; relative paths resolve against the session's cwd.")
+    path: PathText = Field(description="Path; relative paths resolve against the session's cwd.")
     session: SessionName = "default"
 
 
 class ReadFile(_PathRequest):
     """Read a file: text (optionally a line range) or base64 bytes."""
 
-    start_line: int | None = Field(default=None, ge=1, description="First line to return (1-based, text only).")
-    end_line: int | None = Field(default=None, ge=1, description="Last line to return, inclusive (text only).")
+    start_line: LineNumber | None = Field(default=None, description="First line to return (1-based, text only).")
+    end_line: LineNumber | None = Field(default=None, description="Last line to return, inclusive (text only).")
     encoding: Encoding = Field(default="text", description="'text' (UTF-8) or 'base64' (any bytes).")
 
 
-class FileContent(WireModel):
+class FileContent(ResponseModel):
     """File content."""
 
     path: str = Field(description="Absolute path read.")
@@ -284,16 +430,42 @@ class FileContent(WireModel):
     total_lines: int | None = Field(default=None, description="Number of lines in the file (text only).")
 
 
+#: Canonical base64 (what the server decodes with validation on): the alphabet, padded to whole quads.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_BASE64 = re.compile(BASE64_PATTERN)
+
+
 class WriteFile(_PathRequest):
     """Write a file, creating parent directories."""
 
-    content: str = Field(description="Text, or base64 of the bytes.")
+    # The schema says it too (if encoding is base64, then content is base64), so generators and clients
+    # written from the OpenAPI document know the rule the validator below enforces.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"encoding": {"const": "base64"}}, "required": ["encoding"]},
+            "then": {"properties": {"content": {"pattern": BASE64_PATTERN}}},
+        }
+    )
+
+    content: Text = Field(description="Text, or base64 of the bytes.")
     encoding: Encoding = Field(default="text", description="How content is encoded.")
-    append: bool = Field(default=False, description="Append instead of replacing.")
-    mode: int | None = Field(default=None, ge=0, le=0o7777, description="Permission bits for a new file.")
+    append: Flag = Field(default=False, description="Append instead of replacing.")
+    mode: Annotated[int, Field(ge=0, le=0o7777), _WHOLE] | None = Field(
+        default=None, description="Permission bits for a new file."
+    )
+
+    @model_validator(mode="after")
+    def _base64_is_valid(self) -> WriteFile:
+        # Decoding bad base64 fails deep in the file service (non-ASCII even as a ValueError, a 500); the
+        # field is known here.
+        if self.encoding == "base64" and not _BASE64.match(self.content):
+            raise ValueError(
+                "content: not valid base64 (only A-Z, a-z, 0-9, '+', '/', padded with '=' to a multiple of 4)"
+            )
+        return self
 
 
-class FileWritten(WireModel):
+class FileWritten(ResponseModel):
     """A file was written."""
 
     path: str = Field(description="Absolute path written.")
@@ -303,12 +475,12 @@ class FileWritten(WireModel):
 class ListDir(WireModel):
     """List a directory."""
 
-    path: str = Field(default=".", description="Directory; relative paths resolve against the session's cwd.")
+    path: PathText = Field(default=".", description="Directory; relative paths resolve against the session's cwd.")
     session: SessionName = "default"
-    include_hidden: bool = Field(default=True, description="Include names starting with '.'.")
+    include_hidden: Flag = Field(default=True, description="Include names starting with '.'.")
 
 
-class DirEntry(WireModel):
+class DirEntry(ResponseModel):
     """One directory entry."""
 
     name: str = Field(description="Entry name.")
@@ -318,7 +490,7 @@ class DirEntry(WireModel):
     modified: float = Field(description="Modification time, seconds since the epoch.")
 
 
-class DirListing(WireModel):
+class DirListing(ResponseModel):
     """A directory listing."""
 
     path: str = Field(description="Absolute path listed.")
@@ -333,7 +505,7 @@ class ViewOp(_EditBase):
     """Show a file with line numbers, or a directory two levels deep."""
 
     command: Literal["view"] = Field(description="Operation.")
-    view_range: tuple[int, int] | None = Field(
+    view_range: tuple[LineNumber, Annotated[int, Field(ge=-1, le=MAX_INT), _WHOLE]] | None = Field(
         default=None, description="[first, last] lines (1-based; last -1 means to the end)."
     )
 
@@ -342,23 +514,23 @@ class CreateOp(_EditBase):
     """Create a new file (refuses to overwrite)."""
 
     command: Literal["create"] = Field(description="Operation.")
-    file_text: str = Field(description="Content of the new file.")
+    file_text: Text = Field(description="Content of the new file.")
 
 
 class StrReplaceOp(_EditBase):
     """Replace old_str, which must occur exactly once, by new_str."""
 
     command: Literal["str_replace"] = Field(description="Operation.")
-    old_str: str = Field(min_length=1, description="Exact text to replace (must be unique in the file).")
-    new_str: str = Field(default="", description="Replacement text.")
+    old_str: Text = Field(min_length=1, description="Exact text to replace (must be unique in the file).")
+    new_str: Text = Field(default="", description="Replacement text.")
 
 
 class InsertOp(_EditBase):
     """Insert text after a line (0 inserts at the top)."""
 
     command: Literal["insert"] = Field(description="Operation.")
-    insert_line: int = Field(ge=0, description="Insert after this line (0 = before the first line).")
-    new_str: str = Field(description="Text to insert.")
+    insert_line: Offset = Field(description="Insert after this line (0 = before the first line).")
+    new_str: Text = Field(description="Text to insert.")
 
 
 class UndoEditOp(_EditBase):
@@ -370,17 +542,17 @@ class UndoEditOp(_EditBase):
 EditOp = Annotated[ViewOp | CreateOp | StrReplaceOp | InsertOp | UndoEditOp, Field(discriminator="command")]
 
 
-class EditResult(WireModel):
+class EditResult(ResponseModel):
     """Outcome of an editor operation."""
 
     path: str = Field(description="Absolute path operated on.")
     output: str = Field(description="What an agent should read: the view, or a snippet around the edit.")
 
 
-class TransferQuery(WireModel):
+class TransferQuery(QueryModel):
     """Query parameters of upload and download."""
 
-    path: str = Field(description="Remote path; relative paths resolve against the session's cwd.")
+    path: PathText = Field(description="Remote path; relative paths resolve against the session's cwd.")
     session: SessionName = "default"
     format: Literal["auto", "file", "tar"] = Field(
         default="auto",
@@ -388,7 +560,7 @@ class TransferQuery(WireModel):
     )
 
 
-class UploadResult(WireModel):
+class UploadResult(ResponseModel):
     """An upload was stored."""
 
     path: str = Field(description="Absolute path written.")
@@ -402,11 +574,11 @@ class UploadResult(WireModel):
 class RunPython(WireModel):
     """Run code in the stateful Jupyter kernel."""
 
-    code: str = Field(description="Python (IPython) source.")
+    code: Text = Field(description="Python (IPython) source.")
     timeout: Seconds | None = Field(default=None, description="Interrupt the kernel after this many seconds.")
 
 
-class StreamOutput(WireModel):
+class StreamOutput(ResponseModel):
     """Text the code printed."""
 
     type: Literal["stream"] = Field(default="stream", description="Output kind.")
@@ -414,7 +586,7 @@ class StreamOutput(WireModel):
     text: str = Field(description="The text.")
 
 
-class RichOutput(WireModel):
+class RichOutput(ResponseModel):
     """A result (value of the last expression) or displayed object, in the formats it offers."""
 
     type: Literal["result", "display"] = Field(description="'result' for Out[n], 'display' for display().")
@@ -426,7 +598,7 @@ class RichOutput(WireModel):
     svg: str | None = Field(default=None, description="image/svg+xml.")
 
 
-class ErrorOutput(WireModel):
+class ErrorOutput(ResponseModel):
     """An exception raised by the code."""
 
     type: Literal["error"] = Field(default="error", description="Output kind.")
@@ -438,7 +610,7 @@ class ErrorOutput(WireModel):
 PythonOutput = Annotated[StreamOutput | RichOutput | ErrorOutput, Field(discriminator="type")]
 
 
-class PythonResult(WireModel):
+class PythonResult(ResponseModel):
     """Outcome of running Python code."""
 
     status: Literal["ok", "error", "timeout"] = Field(description="'timeout': interrupted after timeout.")
@@ -446,7 +618,7 @@ class PythonResult(WireModel):
     outputs: list[PythonOutput] = Field(description="Outputs in the order produced.")
 
 
-class KernelStatus(WireModel):
+class KernelStatus(ResponseModel):
     """State of the Jupyter kernel."""
 
     running: bool = Field(description="True if a kernel process is alive.")
@@ -456,14 +628,14 @@ class KernelStatus(WireModel):
 # ----------------------------------------------------------------------------------------------- info
 
 
-class ServerUsage(WireModel):
+class ServerUsage(ResponseModel):
     """Resource use of the server process itself."""
 
     cpu_seconds: float = Field(description="User+system CPU seconds used by the server.")
     rss_bytes: int | None = Field(default=None, description="Resident memory of the server.")
 
 
-class SandboxUsage(WireModel):
+class SandboxUsage(ResponseModel):
     """Resource use of the whole sandbox, from its cgroup when readable."""
 
     cpu_seconds: float | None = Field(default=None, description="CPU seconds used by the sandbox cgroup.")
@@ -472,7 +644,7 @@ class SandboxUsage(WireModel):
     pids: int | None = Field(default=None, description="Processes and threads in the sandbox cgroup.")
 
 
-class ServerInfo(WireModel):
+class ServerInfo(ResponseModel):
     """What the runtime server knows about itself and its sandbox."""
 
     version: str = Field(description="agentbox version of the server.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,3 +82,25 @@ def aio() -> Callable[[Coroutine[Any, Any, T]], T]:
 def make_shells() -> Callable[..., contextlib.AbstractAsyncContextManager[ShellManager]]:
     """``async with make_shells(tmp_path, **settings) as manager``: in-process shell sessions."""
     return shells
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session ``sid``, from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if fields[0] not in (b"Z", b"X") and int(fields[3]) == sid:
+                found.append(int(name))
+    return found
+
+
+@pytest.fixture(name="session_pids")
+def session_pids_fixture() -> Callable[[int], list[int]]:
+    """``session_pids(sid)``: the live processes of a session, read from /proc."""
+    return session_pids

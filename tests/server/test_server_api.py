@@ -8,6 +8,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -58,18 +59,49 @@ def test_openapi_schema_describes_the_api(server: ServerProcess) -> None:
         ("POST", "/files/edit", b'{"command": "explode", "path": "x"}', 422, "validation_error", "command"),
         ("POST", "/sessions", b'{"name": "no spaces allowed"}', 422, "validation_error", "name"),
         ("GET", "/no/such/endpoint", None, 404, "not_found", "no endpoint"),
-        ("GET", "/sessions/default/run", None, 400, "bad_request", "not allowed"),
+        ("GET", "/sessions/default/run", None, 405, "method_not_allowed", "not allowed"),
+        ("PATCH", "/sessions", None, 405, "method_not_allowed", "allowed: "),
+        ("HEAD", "/info", None, 405, "method_not_allowed", "not allowed"),
         ("POST", "/sessions/nope/run", b'{"command": "x"}', 404, "not_found", "nope"),
         ("GET", "/background/bg-missing/output?offset=-1", None, 422, "validation_error", "offset"),
+        # Issue 11 item 7: each of these was a 500 (and cost the client its connection).
+        ("POST", "/files/read", b'{"path": "a\\u0000b"}', 422, "validation_error", "path"),
+        ("POST", "/files/list", b'{"path": "' + b"a/" * 2000 + b'"}', 422, "validation_error", "path"),
+        ("POST", "/sessions", b'{"name": "n1", "cwd": "x\\u0000"}', 422, "validation_error", "cwd"),
+        ("POST", "/sessions", b'{"name": "n2", "env": {"A=B": "1"}}', 422, "validation_error", "env"),
+        ("POST", "/sessions", b'{"name": "n3", "env": {"": "1"}}', 422, "validation_error", "env"),
+        ("POST", "/sessions", b'{"name": "n4", "env": {"A": "1\\u0000"}}', 422, "validation_error", "env.A"),
+        ("POST", "/sessions", b'{"name": "n5", "cwd": "/etc/passwd"}', 400, "bad_request", "cwd"),
+        ("POST", "/sessions", b'{"name": "n6", "cwd": "/no/such/dir"}', 404, "not_found", "cwd"),
+        ("POST", "/background", b'{"command": "true", "cwd": "/etc/passwd"}', 400, "bad_request", "cwd"),
+        ("POST", "/background", b'{"command": "true\\u0000"}', 422, "validation_error", "command"),
+        ("POST", "/background", b'{"command": "true", "env": {"X=": "1"}}', 422, "validation_error", "env"),
+        ("POST", "/sessions/default/run", b'{"command": "echo \\u0000"}', 422, "validation_error", "command"),
+        ("POST", "/sessions/default/run", b'{"command": "true", "timeout": true}', 422, "validation_error", "timeout"),
+        ("POST", "/sessions/default/run", b'{"command": "x", "max_output_chars": "500"}', 422, "validation_error",
+         "max_output_chars"),
+        ("GET", f"/background/bg-x/output?offset={2**70}", None, 422, "validation_error", "offset"),
+        ("POST", "/files/write", '{"path": "f", "content": "é", "encoding": "base64"}'.encode(), 422,
+         "validation_error", "content"),
+        ("POST", "/files/read", b'{"path": "\\ud800"}', 422, "validation_error", "path: "),
+        ("POST", "/sessions/default/run", b'{"command": "echo \\udfff"}', 422, "validation_error", "command"),
+        ("POST", "/files/edit", b'{"command": "view", "path": "x", "view_range": [1, 1e30]}', 422,
+         "validation_error", "view_range"),
     ],
 )
 def test_malformed_requests_get_4xx_code_and_message(
     server: ServerProcess, method: str, path: str, body: bytes | None, status: int, code: str, says: str
 ) -> None:
-    resp = httpx.request(method, server.url + path, content=body, headers={"X-Session-API-Key": API_KEY})
-    assert resp.status_code == status, resp.text
-    assert resp.json()["code"] == code and says in resp.json()["message"]
-    assert set(resp.json()) == {"code", "message"}
+    with httpx.Client(base_url=server.url, headers={"X-Session-API-Key": API_KEY}) as http:
+        resp = http.request(method, path, content=body)
+        assert resp.status_code == status, resp.text
+        if method != "HEAD":
+            assert resp.json()["code"] == code and says in resp.json()["message"]
+            assert set(resp.json()) == {"code", "message"}
+        if status == 405:
+            assert resp.headers["allow"]
+        # The same keep-alive connection serves the next request.
+        assert http.get("/sessions").status_code == 200
 
 
 def test_transport_errors_become_sandbox_errors() -> None:
@@ -227,6 +259,10 @@ def test_background_commands(client: RuntimeClient) -> None:
     assert out is not None and "out\n" in out.output and "err\n" in out.output and out.running
     killed = client.kill_background(bg.id)
     assert not killed.running and killed.exit_code == -9
+    # DELETE forgets it: no record, no output left behind.
+    assert bg.id not in {b.id for b in client.list_background()}
+    with pytest.raises(NotFoundError):
+        client.background_info(bg.id)
     done = client.start_background("printf abc; exit 3")
     for _ in range(100):
         info = client.background_info(done.id)
@@ -428,13 +464,11 @@ def test_async_client(server: ServerProcess, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_shutdown_kills_sandbox_processes(tmp_path: Path) -> None:
+def test_shutdown_kills_sandbox_processes(tmp_path: Path, session_pids: Callable[[int], list[int]]) -> None:
     srv = start_server(tmp_path)
     with RuntimeClient(srv.url, API_KEY) as c:
         c.run("sleep 300 &")
         bash_pid = c.list_sessions()[0].pid
-    from agentbox.server.procs import session_pids
-
     assert session_pids(bash_pid)
     stop_server(srv)
     assert session_pids(bash_pid) == []

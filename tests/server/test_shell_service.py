@@ -10,7 +10,6 @@ import pytest
 
 from agentbox.errors import BadRequestError, ConflictError, NotFoundError
 from agentbox.protocol import ReadOutput, RunCommand, SendInput, SendKeys, SessionCreate
-from agentbox.server.procs import session_pids
 
 
 def run(cmd: str, **kw: float) -> RunCommand:
@@ -106,7 +105,7 @@ def test_background_job_returns_at_once(aio, make_shells, tmp_path: Path) -> Non
     aio(main())
 
 
-def test_exit_restarts_session_and_kills_its_processes(aio, make_shells, tmp_path: Path) -> None:
+def test_exit_restarts_session_and_kills_its_processes(aio, make_shells, tmp_path: Path, session_pids) -> None:
     async def main() -> None:
         async with make_shells(tmp_path) as m:
             sh = m.get("default")
@@ -214,7 +213,7 @@ def test_truncation_keeps_head_and_tail_and_full_output(aio, make_shells, tmp_pa
     aio(main())
 
 
-def test_sessions_are_independent_and_closing_kills_processes(aio, make_shells, tmp_path: Path) -> None:
+def test_sessions_are_independent_and_closing_kills_processes(aio, make_shells, tmp_path: Path, session_pids) -> None:
     async def main() -> None:
         async with make_shells(tmp_path) as m:
             m.create(SessionCreate(name="other", env={"ONLY_HERE": "yes"}))

@@ -3,15 +3,21 @@
 Routes only parse (see :mod:`agentbox.server.routing`), call one service method, and answer; the work
 lives in ``shell``, ``files``, ``background``, ``ipython`` and ``info``, which are usable without HTTP.
 Blocking file work goes to worker threads; the shell and kernel are event-driven on the loop.
+
+Errors leave through one boundary: agentbox errors become ``{code, message}`` with their status, HTTP
+errors of the router (404, 405) likewise, and anything else a 500 ``internal`` whose traceback goes to the
+log once, without ever costing the client its keep-alive connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hmac
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -72,8 +78,8 @@ from agentbox.server import info as info_mod
 from agentbox.server.background import BackgroundManager
 from agentbox.server.files import Editor, FileService, resolve
 from agentbox.server.ipython import PythonKernel
-from agentbox.server.procs import ChildReaper
-from agentbox.server.routing import TypedRouter, json_response
+from agentbox.server.procs import ChildReaper, check_directory
+from agentbox.server.routing import DEFAULT_MAX_BODY_BYTES, TypedRouter, json_response
 from agentbox.server.settings import ServerSettings
 from agentbox.server.shell import ShellManager
 
@@ -82,6 +88,10 @@ __all__ = ["Runtime", "create_app"]
 _OPEN_PATHS = frozenset({"/alive"})
 _CHUNK = 1 << 20
 T = TypeVar("T")
+_log = logging.getLogger("agentbox.server")
+
+# HTTP status of each wire code (agentbox.errors' one table).
+_STATUS = {code: status for code, (_cls, status) in ERROR_CODES.items()}
 
 
 class Runtime:
@@ -95,6 +105,7 @@ class Runtime:
         self.editor = Editor()
         self.state_dir = ""
         self._own_state_dir = False
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.shells: ShellManager
         self.background: BackgroundManager
         self.kernel: PythonKernel
@@ -109,7 +120,10 @@ class Runtime:
             self.state_dir = settings.state_dir
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         settings = _replace_state_dir(settings, self.state_dir)
-        self.reaper.start(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._executor = _warm_executor(settings.worker_threads)
+        loop.set_default_executor(self._executor)
+        self.reaper.start(loop)
         self.shells = ShellManager(settings, self.reaper)
         self.background = BackgroundManager(settings.shell, self.state_dir, self.reaper, os.environ)
         self.kernel = PythonKernel(settings.work_dir, self.state_dir, os.environ)
@@ -122,12 +136,35 @@ class Runtime:
             self.background.close()
             await self.kernel.close()
         self.reaper.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
         if self._own_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def path(self, path: str, session: str) -> str:
         """``path`` resolved against the cwd of ``session``."""
         return resolve(path, self.shells.get(session).cwd)
+
+    def directory(self, path: str | None, session: str, field: str = "cwd") -> str:
+        """``path`` (default: the session's cwd) resolved, checked to be a directory commands can enter."""
+        resolved = self.path(path or ".", session)
+        return check_directory(resolved, field)
+
+
+def _warm_executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A thread pool whose threads all exist before the first request.
+
+    A thread is a task like a process: when a runaway command fills the sandbox's pids limit, a pool that
+    starts threads on demand cannot start one, and every file call fails. Started now, the threads are
+    reused for the server's life (ThreadPoolExecutor never retires an idle thread), so the server keeps
+    answering whatever the sandbox's processes do.
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agentbox-worker")
+    barrier = threading.Barrier(workers + 1)
+    for _ in range(workers):
+        pool.submit(barrier.wait)  # each waits, so each submit finds no idle thread and starts one
+    barrier.wait()
+    return pool
 
 
 def _replace_state_dir(settings: ServerSettings, state_dir: str) -> ServerSettings:
@@ -159,9 +196,10 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def _error_response(code: str, message: str) -> Response:
-    status = ERROR_CODES.get(code, (RuntimeServerError, 500))[1]
-    return json_response(ErrorBody(code=code, message=message), status_code=status)
+def _error_response(code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = json_response(ErrorBody(code=code, message=message), status_code=_STATUS.get(code, 500))
+    response.headers.update(headers or {})
+    return response
 
 
 async def _on_server_error(request: Request, exc: Exception) -> Response:
@@ -171,7 +209,12 @@ async def _on_server_error(request: Request, exc: Exception) -> Response:
         if exc.status_code == 404:
             return _error_response("not_found", f"no endpoint {request.method} {request.url.path}")
         if exc.status_code == 405:
-            return _error_response("bad_request", f"{request.method} is not allowed on {request.url.path}")
+            allow = (exc.headers or {}).get("Allow", "")
+            return _error_response(
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path} (allowed: {allow})",
+                headers={"Allow": allow},
+            )
         return _error_response("bad_request", str(exc.detail))
     # Starlette re-raises after this answer, so the server log gets the traceback once.
     return _error_response(
@@ -190,9 +233,9 @@ def _edit_handlers(rt: Runtime) -> dict[type, Callable[[str, Any], EditResult]]:
     }
 
 
-def build_router(rt: Runtime) -> TypedRouter:
+def build_router(rt: Runtime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> TypedRouter:
     """Every endpoint of the API, bound to the services of ``rt``."""
-    api = TypedRouter()
+    api = TypedRouter(max_body_bytes=max_body_bytes)
     route = api.route
 
     # ------------------------------------------------------------------ health
@@ -291,7 +334,7 @@ def build_router(rt: Runtime) -> TypedRouter:
     @route("POST", "/background", body=BackgroundStart, response=BackgroundInfo)
     async def start_background(request: Request, body: BackgroundStart) -> BackgroundInfo:
         """Start a detached command."""
-        cwd = rt.path(body.cwd or ".", body.session)
+        cwd = await asyncio.to_thread(rt.directory, body.cwd, body.session)
         return rt.background.start(body.command, cwd, body.env)
 
     @route("GET", "/background", response=BackgroundList)
@@ -311,8 +354,8 @@ def build_router(rt: Runtime) -> TypedRouter:
 
     @route("DELETE", "/background/{bg_id}", response=BackgroundInfo)
     async def kill_background(request: Request) -> BackgroundInfo:
-        """Kill a background command and everything it started."""
-        return await rt.background.kill(request.path_params["bg_id"])
+        """Kill a background command and everything it started, and forget it (its output is deleted)."""
+        return await rt.background.remove(request.path_params["bg_id"])
 
     # ------------------------------------------------------------------ files
 
@@ -549,7 +592,7 @@ def _version() -> str:
 def create_app(settings: ServerSettings) -> Starlette:
     """The runtime server ASGI app for ``settings``; services start in its lifespan."""
     rt = Runtime(settings)
-    api = build_router(rt)
+    api = build_router(rt, settings.max_body_bytes)
     openapi_cache: list[bytes] = []
 
     async def openapi(request: Request) -> Response:
@@ -566,8 +609,10 @@ def create_app(settings: ServerSettings) -> Starlette:
         finally:
             await rt.close()
 
-    app = Starlette(
-        routes=[*api.routes(), Route("/openapi.json", openapi, methods=["GET"])],
+    openapi_route = Route("/openapi.json", openapi, methods=["GET"])
+    openapi_route.methods = {"GET"}  # no implicit HEAD: the API declares none
+    app = _BoundedApp(
+        routes=[*api.routes(), openapi_route],
         exception_handlers={
             Exception: _on_server_error,
             HTTPException: _on_server_error,
@@ -578,3 +623,24 @@ def create_app(settings: ServerSettings) -> Starlette:
     app.state.runtime = rt
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, on_authenticated=rt.clock.touch)
     return app
+
+
+class _BoundedApp(Starlette):
+    """Starlette whose ``__call__`` is the last error boundary: what escapes the app is logged, not raised.
+
+    Starlette's ServerErrorMiddleware sends the 500 answer, then re-raises so the server can log it; but
+    uvicorn, seeing an exception from an app whose response already started, closes the connection. The
+    client's next request on that keep-alive connection, unrelated to the failure, then dies with "Server
+    disconnected". Here the exception ends: logged with its traceback once, the connection kept. A
+    response that did not complete is still cut by uvicorn, which is right (the client must not wait for
+    the rest of a body that will never come).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI scope."""
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception:
+            if scope["type"] != "http":
+                raise
+            _log.exception("error in %s %s", scope.get("method"), scope.get("path"))

@@ -1,13 +1,14 @@
 """Detached background commands: started with an id, output written by the process straight to a file.
 
 The server never copies a background command's output through itself: the process writes to its own log
-file, and reads slice that file by byte offset. Each command is a session leader, so kill takes down
-everything it forked.
+file, and reads slice that file by byte offset. Each command is the root of a
+:class:`~agentbox.server.procs.Lineage`, so kill takes down everything it started, wherever it moved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import subprocess
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 
 from agentbox.errors import NotFoundError
 from agentbox.protocol import BackgroundInfo, BackgroundOutput, BackgroundOutputQuery
-from agentbox.server.procs import ChildReaper, kill_session, spawn
+from agentbox.server.procs import ChildReaper, Lineage, spawn
 
 __all__ = ["BackgroundCommand", "BackgroundManager"]
 
@@ -24,8 +25,11 @@ __all__ = ["BackgroundCommand", "BackgroundManager"]
 class BackgroundCommand:
     """One detached command and its log file."""
 
-    def __init__(self, command: str, cwd: str, proc: subprocess.Popen[bytes], log_path: str, cid: str) -> None:
+    def __init__(
+        self, command: str, cwd: str, proc: subprocess.Popen[bytes], log_path: str, cid: str, lineage: Lineage
+    ) -> None:
         self.id = cid
+        self.lineage = lineage
         self.command = command
         self.cwd = cwd
         self.proc = proc
@@ -70,21 +74,25 @@ class BackgroundManager:
         log_path = os.path.join(self._log_dir, f"{cid}.log")
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
+        lineage = Lineage()
         try:
             proc = spawn(
                 [self._shell, "-c", command],
                 cwd=cwd,
-                env={**self._env, **env},
+                env=lineage.environment({**self._env, **env}),
                 stdin=null,
                 stdout=log,
                 stderr=log,
             )
-        except FileNotFoundError:
-            raise NotFoundError(f"cannot start background command: {cwd!r} or {self._shell!r} missing") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
+            raise
         finally:
             os.close(log)
             os.close(null)
-        bg = BackgroundCommand(command, cwd, proc, log_path, cid)
+        lineage.root = proc.pid
+        bg = BackgroundCommand(command, cwd, proc, log_path, cid, lineage)
         self._commands[cid] = bg
         self._reaper.watch(proc, lambda status: self._on_exit(bg, status))
         return bg.info()
@@ -138,15 +146,24 @@ class BackgroundManager:
         )
 
     async def kill(self, cid: str) -> BackgroundInfo:
-        """SIGKILL the command and everything in its session, and return once it is reaped."""
+        """Kill the command and everything it started, and return once it is reaped."""
         bg = self.get(cid)
+        # Even after the command itself exited, what it left running (`daemon &`) is killed.
+        bg.lineage.kill()
         if bg.exit_code is None:
-            kill_session(bg.proc.pid)
             await asyncio.wait([bg.exited], timeout=5)
         return bg.info()
 
+    async def remove(self, cid: str) -> BackgroundInfo:
+        """Kill the command (see :meth:`kill`), then forget it and delete its output; returns its last info."""
+        info = await self.kill(cid)
+        bg = self._commands.pop(cid, None)
+        if bg is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(bg.log_path)
+        return info
+
     def close(self) -> None:
-        """Kill every running command (server shutdown)."""
+        """Kill every command and what it started (server shutdown)."""
         for bg in self._commands.values():
-            if bg.exit_code is None:
-                kill_session(bg.proc.pid)
+            bg.lineage.kill()

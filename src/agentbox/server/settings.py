@@ -33,3 +33,10 @@ class ServerSettings:
     """Terminal width shell sessions see (wide, so tools wrap less)."""
     term_rows: int = 50
     """Terminal height shell sessions see."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest JSON request body (413 above it; large files go through the raw upload/download)."""
+    max_output_chars_cap: int = 4_000_000
+    """Ceiling on any request's ``max_output_chars``: output held in memory per command is bounded by it,
+    whatever the client asks (the full output stays spooled on disk)."""
+    worker_threads: int = 8
+    """Threads for blocking file work, all started with the server (none needs a new task under load)."""

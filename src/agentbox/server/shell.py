@@ -48,7 +48,7 @@ from agentbox.protocol import (
     SessionInfo,
     StreamEnd,
 )
-from agentbox.server.procs import ChildReaper, kill_session, spawn
+from agentbox.server.procs import ChildReaper, Lineage, check_directory, now, spawn
 from agentbox.server.settings import ServerSettings
 from agentbox.server.spool import RawSpool, TruncatingText
 
@@ -79,6 +79,8 @@ _SESSION_ENV = {
 }
 
 _READY_TIMEOUT_S = 15.0
+# Largest piece of output one stream event carries.
+_STREAM_CHUNK = 256 * 1024
 # How long a command waits for the prompt bash prints after a SIGINT (it comes in milliseconds).
 _REPROMPT_WAIT_S = 2.0
 
@@ -96,11 +98,12 @@ class ShellCommand:
         self.seq = seq
         self.text = text
         self.started = time.monotonic()
+        self.start = now()
         self.last_output_at = self.started
         self.spool = RawSpool(spool_path.format(id=self.id))
         self.limit = limit
         self.pending = TruncatingText(limit)
-        self.listeners: list[Callable[[str], None]] = []
+        self.listeners: list[Callable[[], None]] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.exit_code: int | None = None
         self.cwd: str | None = None
@@ -125,7 +128,7 @@ class ShellCommand:
             self.last_output_at = time.monotonic()
             self.pending.add(text)
             for listener in self.listeners:
-                listener(text)
+                listener()
 
     def finish(self, exit_code: int | None, cwd: str) -> None:
         """Record the outcome and wake whoever waits for it."""
@@ -163,8 +166,9 @@ class ShellCommand:
 class _Bash:
     """One bash process on one PTY (a session restarts by replacing it)."""
 
-    def __init__(self, proc_pid: int, master: int, nonce: bytes, directory: str) -> None:
+    def __init__(self, proc_pid: int, master: int, nonce: bytes, directory: str, lineage: Lineage) -> None:
         self.pid = proc_pid
+        self.lineage = lineage
         self.master = master
         self.directory = directory
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -208,8 +212,7 @@ class ShellSession:
 
     def start(self) -> None:
         """Spawn bash (returns at once; commands wait for its first prompt)."""
-        if not os.path.isdir(self._start_cwd):
-            raise BadRequestError(f"cannot start session {self.name!r}: {self._start_cwd!r} is not a directory")
+        check_directory(self._start_cwd, "cwd")
         self._bash = self._spawn(self._start_cwd)
 
     def _spawn(self, cwd: str) -> _Bash:
@@ -234,10 +237,11 @@ class ShellSession:
             termios.tcsetattr(slave, termios.TCSANOW, attrs)
             size = struct.pack("HHHH", self._settings.term_rows, self._settings.term_columns, 0, 0)
             fcntl.ioctl(slave, termios.TIOCSWINSZ, size)
+            lineage = Lineage()
             proc = spawn(
                 [self._settings.shell, "--noprofile", "--rcfile", rc, "--noediting", "-i"],
                 cwd=cwd,
-                env=self._env,
+                env=lineage.environment(self._env),
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -245,11 +249,13 @@ class ShellSession:
             )
         except BaseException:
             os.close(master)
+            shutil.rmtree(directory, ignore_errors=True)
             raise
         finally:
             os.close(slave)
         os.set_blocking(master, False)
-        bash = _Bash(proc.pid, master, nonce, directory)
+        lineage.root = proc.pid
+        bash = _Bash(proc.pid, master, nonce, directory, lineage)
         loop.add_reader(master, self._on_readable, bash)
         self._reaper.watch(proc, lambda status: self._on_bash_exit(bash, status))
         self.cwd = cwd
@@ -262,7 +268,7 @@ class ShellSession:
         loop = asyncio.get_running_loop()
         loop.remove_reader(bash.master)
         os.close(bash.master)
-        kill_session(bash.pid)
+        bash.lineage.kill()
         shutil.rmtree(bash.directory, ignore_errors=True)
         if not bash.ready.done():
             bash.ready.set_exception(RuntimeServerError(f"bash of session {self.name!r} ended during startup"))
@@ -349,6 +355,10 @@ class ShellSession:
         cmd = self._command
         if cmd is not None and seq == str(cmd.seq).encode():
             self._command = None
+            if cmd.timed_out or cmd.interrupted:
+                # Its foreground ended, but what it put in the background must not outlive it either;
+                # done before the result is out, so the next command cannot be caught in the sweep.
+                bash.lineage.kill(since=cmd.start)
             cmd.finish(exit_code, cwd)
 
     def _on_bash_exit(self, bash: _Bash, status: int) -> None:
@@ -403,7 +413,10 @@ class ShellSession:
                 "or interrupt it before running another command (or use another session)"
             )
         self._seq += 1
-        limit = max(req.max_output_chars or 0, self._settings.max_output_chars)
+        # What a command holds in memory grows with its limit: the client may ask for less, or for more up
+        # to the cap, never for unbounded (the full output is in the spool whatever the limit).
+        settings = self._settings
+        limit = min(max(req.max_output_chars or 0, settings.max_output_chars), settings.max_output_chars_cap)
         spool = os.path.join(self._state_dir, "cmd-{id}.out")
         cmd = ShellCommand(self.name, self._seq, req.command, spool, limit)
         script = os.path.join(bash.directory, "cmd.sh")
@@ -429,39 +442,47 @@ class ShellSession:
         """Start a command (errors such as a busy session raise here, before any event) and return
         an iterator of its output as produced, ending with its result (without output)."""
         cmd = await self._begin(req)
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        cmd.listeners.append(queue.put_nowait)
-        cmd.done.add_done_callback(lambda _f: queue.put_nowait(None))
-        return self._events(cmd, queue, req.no_output_timeout)
+        return self._events(cmd, req.no_output_timeout)
 
     async def _events(
-        self, cmd: ShellCommand, queue: asyncio.Queue[str | None], no_output_timeout: float | None
+        self, cmd: ShellCommand, no_output_timeout: float | None
     ) -> AsyncIterator[OutputChunk | StreamEnd]:
+        # Events are read from the command's spool at the consumer's pace, not queued as produced: a
+        # consumer that stalls (its TCP window full, so the SSE writer waits in `send`) then costs no
+        # memory at all, while the command runs on at full speed into the spool on disk, exactly as for
+        # `run`. Stopping the PTY reads instead would also bound memory, but would stall the command on
+        # a slow client and leave `run`, `output` and the timeouts of the same command blind meanwhile.
+        wake = asyncio.Event()
+        cmd.listeners.append(wake.set)
+        cmd.done.add_done_callback(lambda _f: wake.set())
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        offset = 0
         try:
-            ended = False
-            while not ended:
+            while True:
+                data = await cmd.spool.read_at(offset, _STREAM_CHUNK)
+                if data:
+                    offset += len(data)
+                    if text := decoder.decode(data):
+                        yield OutputChunk(text=text)
+                    continue
+                if not cmd.running:  # ended, and its spool is read to the end
+                    if text := decoder.decode(b"", final=True):
+                        yield OutputChunk(text=text)
+                    break
+                wake.clear()
+                if cmd.spool.size > offset:
+                    continue
                 timeout = None
                 if no_output_timeout is not None:
                     timeout = cmd.last_output_at + no_output_timeout - time.monotonic()
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    if time.monotonic() - cmd.last_output_at >= (no_output_timeout or 0):
+                    if timeout <= 0:
                         break
-                    continue
-                parts = []
-                while item is not None:  # coalesce what queued up meanwhile into one event
-                    parts.append(item)
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                ended = item is None
-                if parts:
-                    yield OutputChunk(text="".join(parts))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
             yield StreamEnd(result=cmd.take_result(self.cwd, with_output=False))
         finally:
             with contextlib.suppress(ValueError):
-                cmd.listeners.remove(queue.put_nowait)
+                cmd.listeners.remove(wake.set)
 
     async def _wait(self, cmd: ShellCommand, timeout: float | None, no_output_timeout: float | None) -> None:
         """Wait until ``cmd`` ends, ``timeout`` passes, or it printed nothing for ``no_output_timeout``."""
@@ -533,13 +554,17 @@ class ShellSession:
         else:
             cmd.interrupted = True
         grace = self._settings.kill_grace_s
-        for sig in (signal.SIGINT, signal.SIGKILL):
-            if not cmd.running:
-                return
-            self._signal_foreground(sig)
+        bash = self._bash
+        # SIGINT first: the command may clean up (and bash prints its prompt when its job ends).
+        self._signal_foreground(signal.SIGINT)
+        await asyncio.wait([cmd.done], timeout=grace)
+        if cmd.running and bash is not None and bash is self._bash:
+            # Then everything the command started, whatever process group or session it moved to (the
+            # foreground job, its background jobs, a fork bomb), frozen first so none can fork away.
+            bash.lineage.kill(since=cmd.start)
             await asyncio.wait([cmd.done], timeout=grace)
         if cmd.running and self._bash is not None and self._command is cmd:
-            # The job survived SIGKILL or is bash itself ignoring SIGINT: only a new shell helps.
+            # Bash itself runs the job (a builtin loop ignoring SIGINT): only a new shell helps.
             bash = self._bash
             self._teardown(bash)
             self._command = None
@@ -590,7 +615,7 @@ class ShellManager:
             raise ConflictError(f"session {req.name!r} already exists")
         cwd = None
         if req.cwd is not None:
-            cwd = os.path.join(self.cwd_of("default"), os.path.expanduser(req.cwd))
+            cwd = os.path.normpath(os.path.join(self.cwd_of("default"), os.path.expanduser(req.cwd)))
         session = ShellSession(req.name, self._settings, self._reaper, cwd=cwd, env=req.env, register=self._register)
         session.start()
         self._sessions[req.name] = session

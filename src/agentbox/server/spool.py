@@ -7,6 +7,7 @@ spool file, so the full output stays retrievable without unbounded memory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections import deque
@@ -97,6 +98,28 @@ class RawSpool:
             os.close(self._fd)
             self._fd = None
 
+    async def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the output from byte ``offset`` (b"" at the end so far, or once discarded).
+
+        From memory while the output is small; from the file (in a worker thread) once it moved there,
+        so a reader far behind the writer costs neither memory nor event-loop time.
+        """
+        if self._mem is not None:
+            return bytes(self._mem[offset : offset + size])
+        if offset >= self.size:
+            return b""
+        return await asyncio.to_thread(self._pread, offset, size)
+
+    def _pread(self, offset: int, size: int) -> bytes:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:  # discarded meanwhile
+            return b""
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
     def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
         """The whole output so far, in chunks (blocking reads: call from a thread when on disk)."""
         if self._mem is not None:
@@ -110,5 +133,6 @@ class RawSpool:
         """Drop the output and delete the spool file."""
         self.finish()
         self._mem = bytearray()
+        self.size = 0
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
