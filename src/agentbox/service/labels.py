@@ -1,0 +1,15 @@
+"""The labels the service adds to what it creates, beside agentbox's own (:mod:`agentbox.backends.labels`).
+
+``agentbox.service`` is not (yet) one of agentbox's reserved keys, so the service refuses it in clients'
+labels itself (:func:`agentbox.service.policy.check_labels`); adding it to ``LABELS`` would make every
+creator refuse it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SERVICE", "SERVICE_LABELS"]
+
+SERVICE = "agentbox.service"
+"""The id of the service that owns the sandbox: it adopts these on start and removes those it has no record of."""
+
+SERVICE_LABELS = frozenset({SERVICE})

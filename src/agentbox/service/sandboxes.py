@@ -1,0 +1,415 @@
+"""The work behind ``/v1/sandboxes``: create, find, pause, resume, stop, remove and reconcile sandboxes
+for tokens, on any :class:`~agentbox.backends.base.Backend`. Usable without HTTP.
+
+Crash safety comes from the order of writes. A create first *reserves* a record (state ``creating``,
+with its session key) and only then asks the engine for a container labelled with the sandbox id and
+this service's id; the record turns ``running`` once the server answered. A remove first marks the
+record ``removing``. So after a ``kill -9`` at any moment, :meth:`SandboxManager.reconcile` finds every
+half-done step: a ``creating`` or ``removing`` record (its container, if any, is removed with it), and a
+container carrying this service's label with no record at all (removed). Records whose container is gone,
+or exited without being asked to, are kept as ``dead`` with the reason, until their owner removes them.
+
+Backend calls block (Docker SDK), so they run on a worker pool; the store runs on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, ParamSpec, TypeVar
+
+from pydantic import ValidationError
+
+from agentbox import __version__
+from agentbox.backends.base import Backend, Endpoint, SandboxInfo, SandboxState
+from agentbox.backends.labels import LABELS
+from agentbox.backends.spec import SERVER_PORT, spec_from_config
+from agentbox.config import SandboxConfig
+from agentbox.errors import AgentboxError, ImageNotFoundError
+from agentbox.service.auth import Principal
+from agentbox.service.errors import ApiError, from_agentbox_error
+from agentbox.service.labels import SERVICE
+from agentbox.service.metrics import Metrics
+from agentbox.service.models import SandboxCreate
+from agentbox.service.policy import check_config, check_labels, check_quota
+from agentbox.service.settings import ServiceSettings
+from agentbox.service.store import SandboxRow, Store, Usage, utcnow
+
+__all__ = ["SandboxManager", "Target"]
+
+log = logging.getLogger("agentbox.service")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Seconds a new sandbox's server gets to report ready.
+START_TIMEOUT = 60.0
+#: Activity through the proxy is written to the store at most this often per sandbox.
+ACTIVITY_WRITE_INTERVAL = 10.0
+
+_ENGINE_STATES = {
+    SandboxState.RUNNING: "running",
+    SandboxState.PAUSED: "paused",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the proxy sends a sandbox's traffic."""
+
+    sandbox_id: str
+    endpoint: Endpoint
+    key: str
+
+
+def config_json(config: SandboxConfig) -> dict[str, Any]:
+    """The JSON form of a configuration (volumes as spec strings, which parse back exactly)."""
+    data = config.model_dump(mode="json")
+    data["volumes"] = [m.spec() for m in config.volumes]
+    return data
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors(include_url=False)[:10]:
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"config.{loc}: {e['msg']}" if loc else f"config: {e['msg']}")
+    return "invalid sandbox configuration: " + "; ".join(parts)
+
+
+class SandboxManager:
+    """Sandboxes of one service: records in the store, containers on the backend."""
+
+    def __init__(
+        self, settings: ServiceSettings, store: Store, backend: Backend, service_id: str, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.service_id = service_id
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agentbox-engine")
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+        self._activity_written: dict[str, float] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.on_change: Callable[[str], None] = lambda sandbox_id: None
+
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def close(self) -> None:
+        """Wait for pending activity writes and let go of the worker threads."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    async def get(self, who: Principal, sandbox_id: str) -> SandboxRow:
+        """The record, if ``who`` may see it; 404 otherwise (another token's id looks like no id)."""
+        row = await self.store.run(self.store.sandbox, sandbox_id)
+        if row is None or (not who.admin and row.owner != who.name):
+            raise ApiError("not_found", f"no sandbox {sandbox_id!r}")
+        return row
+
+    async def list(self, who: Principal) -> list[SandboxRow]:
+        """Every record ``who`` may see (all of them for an admin)."""
+        return await self.store.run(self.store.sandboxes, None if who.admin else who.name)
+
+    # -- create --------------------------------------------------------------------------------------------
+
+    def effective_config(self, body: SandboxCreate) -> SandboxConfig:
+        """The client's configuration over the operator's defaults, checked against the policy."""
+        given = body.config.given()
+        try:
+            config = SandboxConfig.model_validate({**self.settings.sandbox_defaults, **given})
+        except ValidationError as exc:
+            raise ApiError("validation_error", _validation_message(exc)) from None
+        except AgentboxError as exc:  # a malformed volume spec
+            raise ApiError("validation_error", f"config.volumes: {exc}") from None
+        if config.backend != self.backend.name:
+            raise ApiError(
+                "validation_error", f"config.backend: this service runs sandboxes on {self.backend.name!r}"
+            )
+        check_config(config, list(given.get("volumes") or []), self.settings.policy)
+        return config
+
+    def _labels(self, sandbox_id: str, user_labels: Mapping[str, str]) -> dict[str, str]:
+        return {
+            **user_labels,
+            LABELS.SANDBOX: sandbox_id,
+            LABELS.OWNER_PID: str(os.getpid()),
+            LABELS.OWNER_HOST: socket.gethostname(),
+            LABELS.CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            LABELS.VERSION: __version__,
+            # The service owns it, not a process: `agentbox reap` must spare it while the service restarts.
+            LABELS.KEEP_ALIVE: "1",
+            LABELS.SERVER_PORT: str(SERVER_PORT),
+            SERVICE: self.service_id,
+        }
+
+    async def create(self, who: Principal, body: SandboxCreate) -> SandboxRow:
+        """Check, reserve, create and start a sandbox for ``who``; on any failure nothing is left."""
+        user_labels = check_labels(body.labels)
+        config = self.effective_config(body)
+        now = utcnow()
+        row = SandboxRow(
+            id=secrets.token_hex(6),
+            owner=who.name,
+            container_id=None,
+            state="creating",
+            reason=None,
+            config=config_json(config),
+            labels=user_labels,
+            session_key=secrets.token_urlsafe(32),
+            cpus=config.cpus,
+            memory=config.memory,
+            created=now,
+            last_activity=now,
+        )
+
+        def check(usage: Usage) -> None:
+            check_quota(config, who.quota, usage, who.name)
+
+        await self.store.run(self.store.reserve_sandbox, row, check)
+        started = time.monotonic()
+        try:
+            async with self._lock(row.id):
+                await self._build(row, config, user_labels)
+        except BaseException as exc:
+            self.metrics.creates.labels(outcome="failed").inc()
+            await self._discard(row)
+            if isinstance(exc, AgentboxError):
+                raise from_agentbox_error(exc).with_sandbox(row.id) from None
+            raise
+        self.metrics.creates.labels(outcome="ok").inc()
+        self.metrics.create_seconds.observe(time.monotonic() - started)
+        await self.store.run(self.store.audit, who.name, "create", row.id, "")
+        self.on_change(row.id)
+        return row
+
+    async def _build(self, row: SandboxRow, config: SandboxConfig, user_labels: Mapping[str, str]) -> None:
+        backend = self.backend
+        image = await self._call(backend.resolve_image, config)
+        spec = spec_from_config(config, image=image, sandbox_id=row.id, labels=self._labels(row.id, user_labels))
+        try:
+            cid = await self._call(backend.create, spec)
+        except ImageNotFoundError:
+            if config.runtime_container_image:
+                raise
+            # The cached runtime image was removed meanwhile: make it again, once.
+            image = await self._call(backend.resolve_image, config, None, refresh=True)
+            cid = await self._call(backend.create, replace(spec, image=image))
+        row.container_id = cid
+        await self.store.run(self.store.update_sandbox, row.id, container_id=cid)
+        endpoint = await self._call(backend.start, cid, self._files(row, config), timeout=START_TIMEOUT)
+        self._endpoints[row.id] = endpoint
+        row.state = "running"
+        await self.store.run(self.store.update_sandbox, row.id, state="running")
+
+    @staticmethod
+    def _files(row: SandboxRow, config: SandboxConfig) -> dict[str, tuple[bytes, int]]:
+        import shlex
+
+        files = {"session-key": (row.session_key.encode(), 0o600)}
+        if config.env:
+            script = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in config.env.items())
+            files["env.sh"] = (script.encode(), 0o600)
+        return files
+
+    async def _discard(self, row: SandboxRow) -> None:
+        """Remove whatever a failed create made (found by label too: the container id may not be known)."""
+        try:
+            await self._remove_containers(row.id, row.container_id, purge_volumes=True)
+        finally:
+            await self.store.run(self.store.delete_sandbox, row.id)
+            self._forget(row.id)
+
+    async def _remove_containers(self, sandbox_id: str, container_id: str | None, *, purge_volumes: bool) -> None:
+        ids = {container_id} if container_id else set()
+        infos = await self._call(self.backend.list)
+        ids |= {i.container_id for i in infos if i.id == sandbox_id and i.labels.get(SERVICE) == self.service_id}
+        for cid in ids:
+            await self._call(self.backend.remove, cid, purge_volumes=purge_volumes)
+
+    def _forget(self, sandbox_id: str) -> None:
+        self._endpoints.pop(sandbox_id, None)
+        self._activity_written.pop(sandbox_id, None)
+        self._locks.pop(sandbox_id, None)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def _transition(self, who: Principal, sandbox_id: str, action: str) -> SandboxRow:
+        row = await self.get(who, sandbox_id)
+        async with self._lock(row.id):
+            row = await self.get(who, sandbox_id)  # fresh, under the lock
+            allowed = {"pause": ("running",), "resume": ("paused", "stopped"), "stop": ("running", "paused")}
+            if row.state not in allowed[action]:
+                needs = " or ".join(allowed[action])
+                raise ApiError("conflict", f"sandbox {row.id} is {row.state}; {action} needs it {needs}")
+            assert row.container_id is not None
+            cid = row.container_id
+            try:
+                if action == "pause":
+                    await self._call(self.backend.pause, cid)
+                    new = "paused"
+                elif action == "resume" and row.state == "paused":
+                    await self._call(self.backend.resume, cid)
+                    new = "running"
+                elif action == "resume":
+                    config = SandboxConfig.model_validate(row.config)
+                    # The server deleted its key file when it first read it: hand the key over again.
+                    endpoint = await self._call(
+                        self.backend.start, cid, self._files(row, config), timeout=START_TIMEOUT, restart=True
+                    )
+                    self._endpoints[row.id] = endpoint
+                    new = "running"
+                else:
+                    if row.state == "paused":
+                        await self._call(self.backend.resume, cid)
+                    await self._call(self.backend.stop, cid)
+                    self._endpoints.pop(row.id, None)
+                    new = "stopped"
+            except AgentboxError as exc:
+                raise from_agentbox_error(exc).with_sandbox(row.id) from None
+            row.state = new
+            row.last_activity = utcnow()
+            await self.store.run(self.store.update_sandbox, row.id, state=new, last_activity=row.last_activity)
+            await self.store.run(self.store.audit, who.name, action, row.id, "")
+        self.on_change(row.id)
+        return row
+
+    async def pause(self, who: Principal, sandbox_id: str) -> SandboxRow:
+        """Freeze a running sandbox."""
+        return await self._transition(who, sandbox_id, "pause")
+
+    async def resume(self, who: Principal, sandbox_id: str) -> SandboxRow:
+        """Thaw a paused sandbox, or start a stopped one again."""
+        return await self._transition(who, sandbox_id, "resume")
+
+    async def stop(self, who: Principal, sandbox_id: str) -> SandboxRow:
+        """Stop a sandbox's container (its files stay; resume starts it again)."""
+        return await self._transition(who, sandbox_id, "stop")
+
+    async def remove(self, who: Principal, sandbox_id: str) -> SandboxRow:
+        """Remove the container and the record (idempotent for a sandbox half-removed before a crash)."""
+        row = await self.get(who, sandbox_id)
+        async with self._lock(row.id):
+            row = await self.get(who, sandbox_id)
+            if row.state == "creating":
+                raise ApiError("conflict", f"sandbox {row.id} is still being created")
+            await self.store.run(self.store.update_sandbox, row.id, state="removing")
+            try:
+                await self._remove_containers(row.id, row.container_id, purge_volumes=False)
+            except AgentboxError as exc:
+                raise from_agentbox_error(exc).with_sandbox(row.id) from None
+            await self.store.run(self.store.delete_sandbox, row.id)
+            await self.store.run(self.store.audit, who.name, "remove", row.id, "")
+        self._forget(row.id)
+        row.state = "removed"
+        self.on_change(row.id)
+        return row
+
+    async def logs(self, who: Principal, sandbox_id: str, tail: int | None) -> str:
+        """The sandbox's container log (its runtime server's output)."""
+        row = await self.get(who, sandbox_id)
+        if row.container_id is None:
+            raise ApiError("conflict", f"sandbox {row.id} has no container yet")
+        try:
+            return await self._call(self.backend.logs, row.container_id, tail=tail)
+        except AgentboxError as exc:
+            raise from_agentbox_error(exc).with_sandbox(row.id) from None
+
+    # -- the proxy's view ----------------------------------------------------------------------------------
+
+    async def target(self, who: Principal, sandbox_id: str) -> Target:
+        """Where to send ``who``'s traffic for a sandbox; 409 unless it is running."""
+        row = await self.get(who, sandbox_id)
+        if row.state != "running" or row.container_id is None:
+            hint = "; resume it first" if row.state in ("paused", "stopped") else ""
+            raise ApiError("conflict", f"sandbox {row.id} is {row.state}{hint}")
+        endpoint = self._endpoints.get(row.id)
+        if endpoint is None:
+            try:
+                endpoint = await self._call(self.backend.endpoint, row.container_id)
+            except AgentboxError as exc:
+                raise ApiError("sandbox_unreachable", f"sandbox {row.id}: {exc}") from None
+            self._endpoints[row.id] = endpoint
+        self.touch(row.id)
+        return Target(row.id, endpoint, row.session_key)
+
+    def touch(self, sandbox_id: str) -> None:
+        """Count a request through the proxy as activity (written to the store at most every few seconds:
+        the proxied round trip must not wait for the file)."""
+        now = time.monotonic()
+        if now - self._activity_written.get(sandbox_id, -ACTIVITY_WRITE_INTERVAL) < ACTIVITY_WRITE_INTERVAL:
+            return
+        self._activity_written[sandbox_id] = now
+        task = asyncio.get_running_loop().create_task(
+            self.store.run(self.store.update_sandbox, sandbox_id, last_activity=utcnow())
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- reconcile -----------------------------------------------------------------------------------------
+
+    async def reconcile(self) -> dict[str, int]:
+        """Make the records and the engine agree after a start (or a crash); returns counts per outcome."""
+        counts = {"adopted": 0, "dead": 0, "removed": 0}
+        infos = await self._call(self.backend.list)
+        mine: dict[str, list[SandboxInfo]] = {}
+        for info in infos:
+            if info.labels.get(SERVICE) == self.service_id:
+                mine.setdefault(info.id, []).append(info)
+        for row in await self.store.run(self.store.sandboxes):
+            found = mine.pop(row.id, [])
+            if row.state in ("creating", "removing"):
+                why = "half-created" if row.state == "creating" else "removal was interrupted"
+                for info in found:
+                    await self._call(self.backend.remove, info.container_id, purge_volumes=row.state == "creating")
+                await self.store.run(self.store.delete_sandbox, row.id)
+                await self.store.run(self.store.audit, "service", "reconcile.remove", row.id, why)
+                counts["removed"] += 1
+                continue
+            if not found:
+                if row.state != "dead":
+                    await self._mark_dead(row, "its container is gone (removed outside the service)")
+                    counts["dead"] += 1
+                continue
+            info = found[0]
+            actual = _ENGINE_STATES.get(info.state)
+            if actual is None:  # exited
+                if row.state != "stopped" and row.state != "dead":
+                    await self._mark_dead(row, "its container exited without being stopped (crash or out of memory)")
+                    counts["dead"] += 1
+                continue
+            if row.state != actual:
+                await self.store.run(self.store.update_sandbox, row.id, state=actual)
+                await self.store.run(self.store.audit, "service", "reconcile.adopt", row.id, f"{row.state} -> {actual}")
+            counts["adopted"] += 1
+        for sandbox_id, orphans in mine.items():
+            for info in orphans:
+                await self._call(self.backend.remove, info.container_id, purge_volumes=True)
+            await self.store.run(
+                self.store.audit, "service", "reconcile.remove", sandbox_id, "container without a record"
+            )
+            counts["removed"] += 1
+        log.info("reconciled: %s", counts)
+        return counts
+
+    async def _mark_dead(self, row: SandboxRow, reason: str) -> None:
+        await self.store.run(self.store.update_sandbox, row.id, state="dead", reason=reason)
+        await self.store.run(self.store.audit, "service", "reconcile.dead", row.id, reason)

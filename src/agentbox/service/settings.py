@@ -1,0 +1,136 @@
+"""The service's settings: command-line options plus its own ``config.toml``.
+
+::
+
+    [sandbox]                 # operators' defaults for every sandbox (any SandboxConfig key);
+    cpus = 1                  # a client's own values override them, within [policy]
+    memory = "1g"
+
+    [policy]
+    networks = ["sidecars"]   # existing Docker networks sandboxes may join (none by default)
+    volume_roots = ["/srv/agent-work"]   # added to --allow-volume-root
+    allow_named_volumes = false
+
+Defaults: listen on ``127.0.0.1:8473``; data in ``$XDG_STATE_HOME/agentbox/service`` (``~/.local/state/...``),
+or ``/var/lib/agentbox/service`` when run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentbox.config import resolve_config
+from agentbox.errors import ConfigError
+from agentbox.service.policy import Policy
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServiceSettings", "default_data_dir", "load_settings"]
+
+DEFAULT_HOST = "127.0.0.1"
+#: The service's documented default port ("AGBX" would not fit; 8473 is unassigned by IANA).
+DEFAULT_PORT = 8473
+
+_TABLES = ("sandbox", "policy")
+_POLICY_KEYS = ("networks", "volume_roots", "allow_named_volumes")
+
+
+def default_data_dir() -> Path:
+    """``/var/lib/agentbox/service`` for root, else ``$XDG_STATE_HOME/agentbox/service``."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/agentbox/service")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "agentbox" / "service"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything :func:`agentbox.service.create_app` needs."""
+
+    data_dir: Path
+    """Where the database and ``admin.token`` live (0700)."""
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    sandbox_defaults: dict[str, Any] = field(default_factory=dict)
+    """The ``[sandbox]`` values of the service config: the base every client's config is laid over."""
+    policy: Policy = field(default_factory=Policy)
+    backend: str = "docker"
+    """Which backend the service drives (``agentbox.backends.get_backend``)."""
+    config_file: Path | None = None
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of non-empty strings")
+    return list(value)
+
+
+def _roots(paths: list[str], where: str) -> list[str]:
+    out = []
+    for path in paths:
+        if not os.path.isabs(path):
+            raise ConfigError(f"{where}: {path!r} must be an absolute host path")
+        out.append(os.path.realpath(path))
+    return out
+
+
+def load_settings(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    config_file: str | os.PathLike[str] | None = None,
+    allow_volume_roots: list[str] | tuple[str, ...] = (),
+) -> ServiceSettings:
+    """Settings from the command line and the service's config file; ConfigError for anything wrong."""
+    defaults: dict[str, Any] = {}
+    roots = _roots(list(allow_volume_roots), "--allow-volume-root")
+    networks: list[str] = []
+    named = False
+    path = Path(config_file) if config_file is not None else None
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read service config {str(path)!r}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"service config {str(path)!r} is not valid TOML: {exc}") from None
+        unknown = sorted(set(data) - set(_TABLES))
+        if unknown:
+            raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; valid: {', '.join(_TABLES)}")
+        # The same reader as a local config.toml: same validation, relative paths from the file.
+        resolved = resolve_config(config_file=path, environ={}, cwd=str(path.resolve().parent))
+        defaults = {
+            name: getattr(resolved.config, name) for name, source in resolved.sources.items() if source != "default"
+        }
+        policy = data.get("policy", {})
+        if not isinstance(policy, dict):
+            raise ConfigError(f"{path}: [policy] must be a table")
+        bad = sorted(set(policy) - set(_POLICY_KEYS))
+        if bad:
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(bad)} in [policy]; valid: {', '.join(_POLICY_KEYS)}")
+        networks = _str_list(policy.get("networks", []), f"{path}: [policy] networks")
+        roots += _roots(_str_list(policy.get("volume_roots", []), f"{path}: [policy] volume_roots"),
+                        f"{path}: [policy] volume_roots")
+        named = policy.get("allow_named_volumes", False)
+        if not isinstance(named, bool):
+            raise ConfigError(f"{path}: [policy] allow_named_volumes must be true or false")
+    if not 0 <= port < 65536:
+        raise ConfigError(f"--port {port}: must be between 0 (any free port) and 65535")
+    return ServiceSettings(
+        data_dir=Path(data_dir) if data_dir is not None else default_data_dir(),
+        host=host,
+        port=port,
+        sandbox_defaults=defaults,
+        policy=Policy(volume_roots=tuple(dict.fromkeys(roots)), networks=frozenset(networks),
+                      allow_named_volumes=named),
+        backend=str(defaults.get("backend", "docker")),
+        config_file=path,
+    )
