@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
+from asgi_servers import free_port, serve
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -44,25 +43,10 @@ async def _echo(websocket: WebSocket) -> None:
             await websocket.send_bytes(b"echo:" + message["bytes"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _serve(app: Starlette) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", ws="websockets-sansio"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    return server, task, port
-
-
 @contextlib.asynccontextmanager
 async def proxied(upstream_port: int | None = None) -> AsyncIterator[str]:
     """A proxy app relaying /ws/{path} to the echo app, as the service does for a sandbox; yields its URL."""
-    echo_server, echo_task, echo_port = await _serve(Starlette(routes=[WebSocketRoute("/{path:path}", _echo)]))
+    echo_server, echo_task, echo_port = await serve(Starlette(routes=[WebSocketRoute("/{path:path}", _echo)]))
     proxy = RuntimeProxy()
     port_of_sandbox = echo_port if upstream_port is None else upstream_port
     target = Target("sb1", Endpoint(f"http://127.0.0.1:{port_of_sandbox}", "published"), KEY)
@@ -70,7 +54,7 @@ async def proxied(upstream_port: int | None = None) -> AsyncIterator[str]:
     async def relay(websocket: WebSocket) -> None:
         await proxy.forward_websocket(websocket, target, websocket.path_params["path"])
 
-    server, task, port = await _serve(Starlette(routes=[WebSocketRoute("/ws/{path:path}", relay)]))
+    server, task, port = await serve(Starlette(routes=[WebSocketRoute("/ws/{path:path}", relay)]))
     try:
         yield f"ws://127.0.0.1:{port}/ws"
     finally:
@@ -103,7 +87,7 @@ def test_websocket_messages_are_relayed_both_ways() -> None:
 
 def test_unreachable_upstream_refuses_the_upgrade() -> None:
     async def scenario() -> None:
-        async with proxied(upstream_port=_free_port()) as url:
+        async with proxied(upstream_port=free_port()) as url:
             with pytest.raises(InvalidStatus) as refused:
                 async with connect(url + "/x"):
                     pass

@@ -121,6 +121,22 @@ class AuthMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # digest -> token row, valid while the database file is unchanged (a revocation by the CLI, in
+        # another process, changes it): the proxied round trip does not wait for a query.
+        self._cache: dict[str, TokenRow] = {}
+        self._signature: tuple[int, ...] = ()
+
+    async def _lookup(self, store: Store, token_digest: str) -> TokenRow | None:
+        signature = store.signature()
+        if signature != self._signature:
+            self._cache.clear()
+            self._signature = signature
+        row = self._cache.get(token_digest)
+        if row is None:
+            row = await store.run(store.token_by_digest, token_digest)
+            if row is not None and len(self._cache) < 10_000:
+                self._cache[token_digest] = row
+        return row
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and scope["path"].startswith("/v1/"):
@@ -128,7 +144,7 @@ class AuthMiddleware:
             header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
             try:
                 token = bearer(header)
-                row = await service.store.run(service.store.token_by_digest, digest(token))
+                row = await self._lookup(service.store, digest(token))
                 if row is None:
                     raise ApiError("unauthorized", "unknown or revoked token")
             except ApiError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 import httpx
@@ -51,7 +52,12 @@ class RuntimeProxy:
             return known[1]
         if known is not None:  # the sandbox restarted elsewhere: the old connections are useless
             asyncio.get_running_loop().create_task(known[1].aclose())
-        transport = httpx.AsyncHTTPTransport(uds=ep.uds) if ep.uds else httpx.AsyncHTTPTransport()
+        if ep.uds:
+            transport = httpx.AsyncHTTPTransport(uds=ep.uds)
+        else:
+            # Without TCP_NODELAY, headers and body leave in two writes and Nagle plus the server's delayed
+            # ACK hold the second for ~40 ms: every proxied round trip would pay it.
+            transport = httpx.AsyncHTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         # No read timeout: a command may legitimately run for a long time; the runtime server bounds it.
         client = httpx.AsyncClient(
             transport=transport, timeout=httpx.Timeout(10.0, read=None, write=None, pool=None)
@@ -81,7 +87,11 @@ class RuntimeProxy:
         headers.append((API_KEY_HEADER.encode(), target.key.encode()))
         length = request.headers.get("content-length")
         content: Any
-        if length is not None and length.isdigit() and int(length) <= _SMALL_BODY:
+        if "transfer-encoding" in request.headers or (length is not None and not length.isdigit()):
+            content = request.stream()
+        elif length is None:
+            content = b""  # no body (a GET): an empty stream would go out as a chunked upload
+        elif int(length) <= _SMALL_BODY:
             content = await request.body()
         else:
             content = request.stream()
@@ -95,6 +105,14 @@ class RuntimeProxy:
         out_headers = {
             k: v for k, v in upstream.headers.multi_items() if k.lower() not in _DROP_RESPONSE
         }
+        size = upstream.headers.get("content-length", "")
+        if size.isdigit() and int(size) <= _SMALL_BODY:
+            # A small answer of known size (a command's result): one read, one write, no chunk machinery.
+            try:
+                body = b"".join([chunk async for chunk in upstream.aiter_raw()])  # raw: still encoded
+            finally:
+                await upstream.aclose()
+            return Response(body, status_code=upstream.status_code, headers=out_headers)
         return StreamingResponse(
             upstream.aiter_raw(),
             status_code=upstream.status_code,

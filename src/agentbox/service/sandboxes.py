@@ -99,6 +99,7 @@ class SandboxManager:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agentbox-engine")
         self._locks: dict[str, asyncio.Lock] = {}
         self._endpoints: dict[str, Endpoint] = {}
+        self._targets: dict[str, tuple[str, Target]] = {}
         self._activity_written: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[str], None] = lambda sandbox_id: None
@@ -246,6 +247,7 @@ class SandboxManager:
             await self._call(self.backend.remove, cid, purge_volumes=purge_volumes)
 
     def _forget(self, sandbox_id: str) -> None:
+        self._targets.pop(sandbox_id, None)
         self._endpoints.pop(sandbox_id, None)
         self._activity_written.pop(sandbox_id, None)
         self._locks.pop(sandbox_id, None)
@@ -262,6 +264,7 @@ class SandboxManager:
                 raise ApiError("conflict", f"sandbox {row.id} is {row.state}; {action} needs it {needs}")
             assert row.container_id is not None
             cid = row.container_id
+            self._targets.pop(row.id, None)
             try:
                 if action == "pause":
                     await self._call(self.backend.pause, cid)
@@ -288,6 +291,7 @@ class SandboxManager:
             row.state = new
             row.last_activity = utcnow()
             await self.store.run(self.store.update_sandbox, row.id, state=new, last_activity=row.last_activity)
+            self._targets.pop(row.id, None)
             await self.store.run(self.store.audit, who.name, action, row.id, "")
         self.on_change(row.id)
         return row
@@ -311,6 +315,7 @@ class SandboxManager:
             row = await self.get(who, sandbox_id)
             if row.state == "creating":
                 raise ApiError("conflict", f"sandbox {row.id} is still being created")
+            self._targets.pop(row.id, None)
             await self.store.run(self.store.update_sandbox, row.id, state="removing")
             try:
                 await self._remove_containers(row.id, row.container_id, purge_volumes=False)
@@ -336,7 +341,15 @@ class SandboxManager:
     # -- the proxy's view ----------------------------------------------------------------------------------
 
     async def target(self, who: Principal, sandbox_id: str) -> Target:
-        """Where to send ``who``'s traffic for a sandbox; 409 unless it is running."""
+        """Where to send ``who``'s traffic for a sandbox; 409 unless it is running.
+
+        Answered from memory after the first request (the proxied round trip should not wait for the
+        store); every state change of the sandbox goes through this manager, which forgets the entry.
+        """
+        known = self._targets.get(sandbox_id)
+        if known is not None and (who.admin or known[0] == who.name):
+            self.touch(sandbox_id)
+            return known[1]
         row = await self.get(who, sandbox_id)
         if row.state != "running" or row.container_id is None:
             hint = "; resume it first" if row.state in ("paused", "stopped") else ""
@@ -349,7 +362,10 @@ class SandboxManager:
                 raise ApiError("sandbox_unreachable", f"sandbox {row.id}: {exc}") from None
             self._endpoints[row.id] = endpoint
         self.touch(row.id)
-        return Target(row.id, endpoint, row.session_key)
+        target = Target(row.id, endpoint, row.session_key)
+        if not self._lock(row.id).locked():  # a transition in flight may be about to change the state
+            self._targets[row.id] = (row.owner, target)
+        return target
 
     def touch(self, sandbox_id: str) -> None:
         """Count a request through the proxy as activity (written to the store at most every few seconds:

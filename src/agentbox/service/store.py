@@ -258,6 +258,20 @@ class Store:
                 raise
             conn.execute("COMMIT")
 
+    def signature(self) -> tuple[int, ...]:
+        """Changes whenever anyone (this process or the CLI) writes the file: the mtime and size of the
+        database and its WAL. Cheap enough for the event loop (two stats of local files, no query), so
+        read caches can be checked against it on every request."""
+        out: list[int] = []
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                out += [0, 0]
+                continue
+            out += [st.st_mtime_ns, st.st_size]
+        return tuple(out)
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` (a method of this store) on the store's single worker thread."""
         if self._executor is None:

@@ -1,0 +1,110 @@
+"""Measure the service against local agentbox (not a test; run by hand until `make bench` has it)::
+
+    .venv/bin/python tests/service/measure_service.py [--rounds 5] [--echoes 300]
+
+create -> first output through the service vs a local ``Sandbox``; proxied ``echo`` round trip vs the
+same sandbox reached directly; the service's idle RSS and CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from service_process import LABELS, start_service
+
+from agentbox.backends import get_backend
+from agentbox.client import RuntimeClient
+from agentbox.config import SandboxConfig
+from agentbox.images import ensure_runtime_image
+from agentbox.sandbox import Sandbox
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(CPU seconds used, RSS bytes) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--echoes", type=int, default=300)
+    parser.add_argument("--idle", type=float, default=20.0)
+    args = parser.parse_args()
+    image = ensure_runtime_image(SandboxConfig())
+    tmp = Path(tempfile.mkdtemp(prefix="abx-measure-"))
+    config = tmp / "service.toml"
+    config.write_text(f'[sandbox]\nruntime_container_image = "{image}"\n')
+    svc = start_service(tmp / "data", "--config", str(config))
+    try:
+        client = svc.client(svc.admin_token)
+        local: list[float] = []
+        remote: list[float] = []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            with Sandbox(runtime_container_image=image, labels=LABELS) as sb:
+                assert sb.run("echo hi").output == "hi\n"
+                local.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            sid = client.post("/v1/sandboxes", json={"labels": LABELS}).json()["id"]
+            out = client.post(f"/v1/sandboxes/{sid}/runtime/sessions/default/run", json={"command": "echo hi"})
+            assert out.json()["output"] == "hi\n"
+            remote.append(time.perf_counter() - t0)
+            client.delete(f"/v1/sandboxes/{sid}")
+        print(f"create -> first output  local p50 {statistics.median(local) * 1000:.0f} ms  "
+              f"service p50 {statistics.median(remote) * 1000:.0f} ms  (n={args.rounds}; "
+              f"local {[round(x * 1000) for x in local]}, service {[round(x * 1000) for x in remote]})")
+
+        sid = client.post("/v1/sandboxes", json={"labels": LABELS}).json()["id"]
+        db = sqlite3.connect(svc.data_dir / "service.db")
+        key, cid = db.execute("SELECT session_key, container_id FROM sandboxes WHERE id = ?", (sid,)).fetchone()
+        db.close()
+        endpoint = get_backend().endpoint(cid)
+        direct = RuntimeClient(endpoint.url, key, uds=endpoint.uds)
+        path = f"/v1/sandboxes/{sid}/runtime/sessions/default/run"
+        for _ in range(20):  # warm both paths
+            direct.run("echo hi")
+            client.post(path, json={"command": "echo hi"})
+        d: list[float] = []
+        p: list[float] = []
+        for _ in range(args.echoes):
+            t0 = time.perf_counter()
+            direct.run("echo hi")
+            d.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            client.post(path, json={"command": "echo hi"})
+            p.append(time.perf_counter() - t0)
+        print(f"echo round trip  direct p50 {pct(d, 50) * 1000:.2f} ms p99 {pct(d, 99) * 1000:.2f} ms  "
+              f"proxied p50 {pct(p, 50) * 1000:.2f} ms p99 {pct(p, 99) * 1000:.2f} ms  (n={args.echoes})")
+        direct.close()
+        client.delete(f"/v1/sandboxes/{sid}")
+        client.close()
+        cpu0, _ = proc_stat(svc.proc.pid)
+        time.sleep(args.idle)
+        cpu1, rss = proc_stat(svc.proc.pid)
+        print(f"service idle: RSS {rss / 1e6:.1f} MB, CPU {100 * (cpu1 - cpu0) / args.idle:.2f} % of a core "
+              f"over {args.idle:.0f} s")
+    finally:
+        svc.stop()
+
+
+if __name__ == "__main__":
+    main()
