@@ -287,3 +287,59 @@ def test_token_cli_on_the_data_dir(services: Services, service_config: Callable[
         assert {t["name"] for t in admin.get("/v1/tokens").json()["tokens"]} == {"admin"}
 
 
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, limit: float = 180) -> None:
+    """Wait until ``predicate()`` (bounded; a hang is a failure, the time taken is not asserted)."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)
+
+
+def _pool_free(client: httpx.Client, pool: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'agentbox_pool_free{{pool="{pool}"}}'):
+            return float(line.split()[-1])
+    return -1
+
+
+def test_pooled_create_is_served_from_the_pool(services: Services, service_config: Callable[..., Path],
+                                               labels: dict[str, str], docker_client: Any) -> None:
+    pool_labels = ", ".join(f'"{k}" = "{v}"' for k, v in labels.items())
+    config = str(service_config(f'[[pool]]\nname = "warm"\nsize = 1\nlabels = {{ {pool_labels} }}\n'))
+    svc = services("--config", config)
+    with svc.client(svc.admin_token) as admin:
+        _wait_for(lambda: _pool_free(admin, "warm") == 1, "the pool to fill")
+        assert 'agentbox_pool_size{pool="warm"} 1.0' in admin.get("/metrics").text
+        pooled = docker_client.api.containers(filters={"label": "agentbox.service-pool=warm"})
+        assert len(pooled) == 1
+        waiting = pooled[0]["Labels"]["agentbox.sandbox"]
+        assert admin.get("/v1/sandboxes").json()["sandboxes"] == []  # nobody's yet: not listed
+        assert admin.get(f"/v1/sandboxes/{waiting}").status_code == 404
+        alice = _token(admin, "alice", max_sandboxes=1)
+        with svc.client(alice) as c:
+            got = _create(c, labels)
+            assert got["id"] == waiting and got["owner"] == "alice" and got["state"] == "running"
+            assert _run(c, waiting, "echo from-pool")["output"] == "from-pool\n"
+            # The quota holds for pooled creates too.
+            r = c.post("/v1/sandboxes", json={"labels": labels})
+            assert r.status_code == 403 and r.json()["error"]["rule"] == "quota.sandboxes"
+        assert 'agentbox_sandbox_creates_total{outcome="pooled"} 1.0' in admin.get("/metrics").text
+        # The pool refills in the background with a new sandbox.
+        _wait_for(lambda: _pool_free(admin, "warm") == 1, "the pool to refill")
+        again = docker_client.api.containers(filters={"label": "agentbox.service-pool=warm"})
+        assert {c["Labels"]["agentbox.sandbox"] for c in again} - {waiting}
+        # A create that differs from the profile (other labels) is made cold.
+        cold = _create(admin, {**labels, "extra": "1"})
+        assert cold["id"] not in {c["Labels"]["agentbox.sandbox"] for c in again}
+        assert 'agentbox_sandbox_creates_total{outcome="ok"} 1.0' in admin.get("/metrics").text
+    svc.stop()
+    # After a restart the waiting sandbox is adopted, not made again.
+    svc2 = services("--config", config, data_dir=svc.data_dir)
+    with svc2.client(svc2.admin_token) as admin:
+        assert _pool_free(admin, "warm") == 1
+        assert len(admin.get("/v1/sandboxes").json()["sandboxes"]) == 2
+    assert len(docker_client.api.containers(all=True, filters={"label": "agentbox.service-pool=warm"})) == 2

@@ -340,6 +340,7 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         holder["openapi"] = lambda: _openapi(api)
         app.router.routes[:0] = [*api.routes()]
         counts = await manager.reconcile()
+        manager.pools.start()
         print(f"agentbox serve: reconciled {counts}", file=sys.stderr, flush=True)
         print(f"{READY_PREFIX}http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
         try:
@@ -357,6 +358,10 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
     async def metrics(request: Request) -> Response:
         svc: Service = request.app.state.service
         counts = await svc.store.run(svc.store.count_by_state)
+        pools = await svc.store.run(svc.store.pool_counts)
+        for name, spec in svc.manager.pools.specs.items():
+            svc.metrics.pool_size.labels(pool=name).set(spec.size)
+            svc.metrics.pool_free.labels(pool=name).set(pools.get(name, (0, 0))[0])
         return Response(svc.metrics.render(counts), media_type=CONTENT_TYPE)
 
     async def runtime_http(request: Request) -> Response:

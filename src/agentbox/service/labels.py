@@ -7,9 +7,12 @@ creator refuse it.
 
 from __future__ import annotations
 
-__all__ = ["SERVICE", "SERVICE_LABELS"]
+__all__ = ["SERVICE", "SERVICE_LABELS", "SERVICE_POOL"]
 
 SERVICE = "agentbox.service"
 """The id of the service that owns the sandbox: it adopts these on start and removes those it has no record of."""
 
-SERVICE_LABELS = frozenset({SERVICE})
+SERVICE_POOL = "agentbox.service-pool"
+"""On a warm pool's sandboxes: the pool it was made for."""
+
+SERVICE_LABELS = frozenset({SERVICE, SERVICE_POOL})

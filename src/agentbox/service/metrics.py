@@ -2,9 +2,9 @@
 
 =====================================  =========================================================
 ``agentbox_sandboxes{state}``          records per state (set from the store at each scrape)
-``agentbox_sandbox_creates_total``     creates by ``outcome`` (ok, failed)
+``agentbox_sandbox_creates_total``     creates by ``outcome`` (ok: made cold, pooled: from a pool, failed)
 ``agentbox_sandbox_create_seconds``    create latency: request accepted -> server ready
-``agentbox_pool_size{pool}``           warm pool target size per profile (no pools yet: empty)
+``agentbox_pool_size{pool}``           warm pool target size per profile
 ``agentbox_pool_free{pool}``           ready sandboxes waiting in each pool
 ``agentbox_api_errors_total{code}``    error answers by wire code
 ``agentbox_proxy_requests_total``      requests forwarded to runtime servers, by ``kind`` (http, ws)
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATES = ("creating", "running", "paused", "stopped", "removing", "dead")
+STATES = ("creating", "running", "paused", "stopped", "removing", "dead", "pooled")
 
 
 class Metrics:
@@ -41,7 +41,7 @@ class Metrics:
         self.proxy_requests = Counter(
             "agentbox_proxy_requests", "Requests forwarded to runtime servers", ["kind"], registry=r
         )
-        for outcome in ("ok", "failed"):
+        for outcome in ("ok", "pooled", "failed"):
             self.creates.labels(outcome=outcome)
 
     def render(self, counts: dict[str, int]) -> bytes:

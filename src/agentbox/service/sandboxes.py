@@ -36,7 +36,7 @@ from agentbox.config import SandboxConfig
 from agentbox.errors import AgentboxError, ImageNotFoundError
 from agentbox.service.auth import Principal
 from agentbox.service.errors import ApiError, from_agentbox_error
-from agentbox.service.labels import SERVICE
+from agentbox.service.labels import SERVICE, SERVICE_POOL
 from agentbox.service.metrics import Metrics
 from agentbox.service.models import SandboxCreate
 from agentbox.service.policy import check_config, check_labels, check_quota
@@ -103,6 +103,9 @@ class SandboxManager:
         self._activity_written: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.on_change: Callable[[str], None] = lambda sandbox_id: None
+        from agentbox.service.pool import WarmPools
+
+        self.pools = WarmPools(self, settings.pools, settings.sandbox_defaults)
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -112,7 +115,8 @@ class SandboxManager:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
     async def close(self) -> None:
-        """Wait for pending activity writes and let go of the worker threads."""
+        """Stop refilling pools, wait for pending activity writes and let go of the worker threads."""
+        await self.pools.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -122,7 +126,7 @@ class SandboxManager:
     async def get(self, who: Principal, sandbox_id: str) -> SandboxRow:
         """The record, if ``who`` may see it; 404 otherwise (another token's id looks like no id)."""
         row = await self.store.run(self.store.sandbox, sandbox_id)
-        if row is None or (not who.admin and row.owner != who.name):
+        if row is None or row.owner == "" or (not who.admin and row.owner != who.name):
             raise ApiError("not_found", f"no sandbox {sandbox_id!r}")
         return row
 
@@ -162,31 +166,47 @@ class SandboxManager:
             SERVICE: self.service_id,
         }
 
-    async def create(self, who: Principal, body: SandboxCreate) -> SandboxRow:
-        """Check, reserve, create and start a sandbox for ``who``; on any failure nothing is left."""
-        user_labels = check_labels(body.labels)
-        config = self.effective_config(body)
+    @staticmethod
+    def _new_row(owner: str, config: SandboxConfig, labels: dict[str, str], pool: str | None = None) -> SandboxRow:
         now = utcnow()
-        row = SandboxRow(
+        return SandboxRow(
             id=secrets.token_hex(6),
-            owner=who.name,
+            owner=owner,
             container_id=None,
             state="creating",
             reason=None,
             config=config_json(config),
-            labels=user_labels,
+            labels=labels,
             session_key=secrets.token_urlsafe(32),
             cpus=config.cpus,
             memory=config.memory,
             created=now,
             last_activity=now,
+            pool=pool,
         )
+
+    async def create(self, who: Principal, body: SandboxCreate) -> SandboxRow:
+        """Check, then take a ready sandbox from a matching warm pool, or reserve, create and start one for
+        ``who``; on any failure nothing is left."""
+        user_labels = check_labels(body.labels)
+        config = self.effective_config(body)
 
         def check(usage: Usage) -> None:
             check_quota(config, who.quota, usage, who.name)
 
-        await self.store.run(self.store.reserve_sandbox, row, check)
         started = time.monotonic()
+        pool = self.pools.match(config, user_labels)
+        if pool is not None:
+            taken = await self.store.run(self.store.acquire_pooled, pool, who.name, user_labels, check)
+            self.pools.wake(pool)
+            if taken is not None:
+                self.metrics.creates.labels(outcome="pooled").inc()
+                self.metrics.create_seconds.observe(time.monotonic() - started)
+                await self.store.run(self.store.audit, who.name, "create", taken.id, f"from pool {pool}")
+                self.on_change(taken.id)
+                return taken
+        row = self._new_row(who.name, config, user_labels)
+        await self.store.run(self.store.reserve_sandbox, row, check)
         try:
             async with self._lock(row.id):
                 await self._build(row, config, user_labels)
@@ -202,10 +222,29 @@ class SandboxManager:
         self.on_change(row.id)
         return row
 
-    async def _build(self, row: SandboxRow, config: SandboxConfig, user_labels: Mapping[str, str]) -> None:
+    async def make_pooled(self, pool: str, config: SandboxConfig, labels: dict[str, str]) -> None:
+        """Make one ready sandbox for ``pool`` (no owner yet); on failure nothing is left and it raises."""
+        row = self._new_row("", config, labels, pool=pool)
+        await self.store.run(self.store.reserve_sandbox, row, lambda usage: None)
+        try:
+            await self._build(row, config, labels, final_state="pooled", extra_labels={SERVICE_POOL: pool})
+        except BaseException:
+            await self._discard(row)
+            raise
+
+    async def _build(
+        self,
+        row: SandboxRow,
+        config: SandboxConfig,
+        user_labels: Mapping[str, str],
+        *,
+        final_state: str = "running",
+        extra_labels: Mapping[str, str] | None = None,
+    ) -> None:
         backend = self.backend
         image = await self._call(backend.resolve_image, config)
-        spec = spec_from_config(config, image=image, sandbox_id=row.id, labels=self._labels(row.id, user_labels))
+        labels = {**self._labels(row.id, user_labels), **(extra_labels or {})}
+        spec = spec_from_config(config, image=image, sandbox_id=row.id, labels=labels)
         try:
             cid = await self._call(backend.create, spec)
         except ImageNotFoundError:
@@ -218,8 +257,8 @@ class SandboxManager:
         await self.store.run(self.store.update_sandbox, row.id, container_id=cid)
         endpoint = await self._call(backend.start, cid, self._files(row, config), timeout=START_TIMEOUT)
         self._endpoints[row.id] = endpoint
-        row.state = "running"
-        await self.store.run(self.store.update_sandbox, row.id, state="running")
+        row.state = final_state
+        await self.store.run(self.store.update_sandbox, row.id, state=final_state)
 
     @staticmethod
     def _files(row: SandboxRow, config: SandboxConfig) -> dict[str, tuple[bytes, int]]:
@@ -390,7 +429,7 @@ class SandboxManager:
         for info in infos:
             if info.labels.get(SERVICE) == self.service_id:
                 mine.setdefault(info.id, []).append(info)
-        for row in await self.store.run(self.store.sandboxes):
+        for row in await self.store.run(self.store.sandboxes, pooled=True):
             found = mine.pop(row.id, [])
             if row.state in ("creating", "removing"):
                 why = "half-created" if row.state == "creating" else "removal was interrupted"
@@ -401,12 +440,23 @@ class SandboxManager:
                 counts["removed"] += 1
                 continue
             if not found:
-                if row.state != "dead":
+                if row.state == "pooled":
+                    await self.store.run(self.store.delete_sandbox, row.id)
+                    counts["removed"] += 1
+                elif row.state != "dead":
                     await self._mark_dead(row, "its container is gone (removed outside the service)")
                     counts["dead"] += 1
                 continue
             info = found[0]
             actual = _ENGINE_STATES.get(info.state)
+            if row.state == "pooled":
+                if actual != "running":  # a pool sandbox nobody owns: not worth keeping unless ready
+                    await self._call(self.backend.remove, info.container_id, purge_volumes=True)
+                    await self.store.run(self.store.delete_sandbox, row.id)
+                    counts["removed"] += 1
+                else:
+                    counts["adopted"] += 1
+                continue
             if actual is None:  # exited
                 if row.state != "stopped" and row.state != "dead":
                     await self._mark_dead(row, "its container exited without being stopped (crash or out of memory)")

@@ -11,6 +11,13 @@
     volume_roots = ["/srv/agent-work"]   # added to --allow-volume-root
     allow_named_volumes = false
 
+    [[pool]]                  # a warm pool: `size` ready sandboxes of this profile (no volumes)
+    name = "default"
+    size = 2
+    hardened = true           # any SandboxConfig key, over [sandbox]
+    labels = {team = "a"}     # container labels; a create is served from the pool when its
+                              # effective config and its labels are exactly the profile's
+
 Defaults: listen on ``127.0.0.1:8473``; data in ``$XDG_STATE_HOME/agentbox/service`` (``~/.local/state/...``),
 or ``/var/lib/agentbox/service`` when run as root.
 """
@@ -18,13 +25,16 @@ or ``/var/lib/agentbox/service`` when run as root.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentbox.config import resolve_config
-from agentbox.errors import ConfigError
+from pydantic import ValidationError
+
+from agentbox.config import FIELDS, SandboxConfig, resolve_config
+from agentbox.errors import AgentboxError, ConfigError
 from agentbox.service.policy import Policy
 
 if sys.version_info >= (3, 11):
@@ -32,13 +42,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServiceSettings", "default_data_dir", "load_settings"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "PoolSpec", "ServiceSettings", "default_data_dir", "load_settings"]
 
 DEFAULT_HOST = "127.0.0.1"
 #: The service's documented default port ("AGBX" would not fit; 8473 is unassigned by IANA).
 DEFAULT_PORT = 8473
 
-_TABLES = ("sandbox", "policy")
+_TABLES = ("sandbox", "policy", "pool")
+_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _POLICY_KEYS = ("networks", "volume_roots", "allow_named_volumes")
 
 
@@ -48,6 +59,18 @@ def default_data_dir() -> Path:
         return Path("/var/lib/agentbox/service")
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "agentbox" / "service"
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """One ``[[pool]]`` entry: keep ``size`` ready sandboxes of one profile."""
+
+    name: str
+    size: int
+    config: dict[str, Any]
+    """The profile's own SandboxConfig keys (laid over ``[sandbox]``)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Container labels of its sandboxes (fixed when they are made)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,8 @@ class ServiceSettings:
     backend: str = "docker"
     """Which backend the service drives (``agentbox.backends.get_backend``)."""
     config_file: Path | None = None
+    pools: tuple[PoolSpec, ...] = ()
+    """Warm pools."""
 
 
 def _str_list(value: Any, where: str) -> list[str]:
@@ -81,6 +106,37 @@ def _roots(paths: list[str], where: str) -> list[str]:
     return out
 
 
+def _pools(value: Any, defaults: dict[str, Any], where: str) -> tuple[PoolSpec, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{where}: pools are [[pool]] tables")
+    out: list[PoolSpec] = []
+    for i, entry in enumerate(value, 1):
+        at = f"{where}: [[pool]] #{i}"
+        name, size = entry.get("name"), entry.get("size")
+        if not isinstance(name, str) or not _POOL_NAME.match(name):
+            raise ConfigError(f"{at}: name must be 1-63 letters, digits, '_', '.', '-'")
+        if name in {p.name for p in out}:
+            raise ConfigError(f"{at}: a pool called {name!r} is defined twice")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= 1000:
+            raise ConfigError(f"{at}: size must be a whole number 0..1000")
+        labels = entry.get("labels", {})
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise ConfigError(f"{at}: labels must be a table of strings")
+        profile = {k: v for k, v in entry.items() if k not in ("name", "size", "labels")}
+        unknown = sorted(set(profile) - set(FIELDS))
+        if unknown:
+            valid = ", ".join(("name", "size", "labels", *FIELDS))
+            raise ConfigError(f"{at}: unknown key(s) {', '.join(unknown)}; valid: {valid}")
+        try:
+            config = SandboxConfig.model_validate({**defaults, **profile})
+        except (ValidationError, AgentboxError) as exc:
+            raise ConfigError(f"{at}: {exc}") from None
+        if config.volumes:
+            raise ConfigError(f"{at}: a pool profile has no volumes (made before its owner is known)")
+        out.append(PoolSpec(name, size, profile, dict(labels)))
+    return tuple(out)
+
+
 def load_settings(
     *,
     data_dir: str | os.PathLike[str] | None = None,
@@ -94,6 +150,7 @@ def load_settings(
     roots = _roots(list(allow_volume_roots), "--allow-volume-root")
     networks: list[str] = []
     named = False
+    pools: tuple[PoolSpec, ...] = ()
     path = Path(config_file) if config_file is not None else None
     if path is not None:
         try:
@@ -119,6 +176,7 @@ def load_settings(
         networks = _str_list(policy.get("networks", []), f"{path}: [policy] networks")
         roots += _roots(_str_list(policy.get("volume_roots", []), f"{path}: [policy] volume_roots"),
                         f"{path}: [policy] volume_roots")
+        pools = _pools(data.get("pool", []), defaults, str(path))
         named = policy.get("allow_named_volumes", False)
         if not isinstance(named, bool):
             raise ConfigError(f"{path}: [policy] allow_named_volumes must be true or false")
@@ -133,4 +191,5 @@ def load_settings(
                       allow_named_volumes=named),
         backend=str(defaults.get("backend", "docker")),
         config_file=path,
+        pools=pools,
     )

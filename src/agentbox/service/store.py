@@ -57,7 +57,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         CREATE TABLE sandboxes (
             id TEXT PRIMARY KEY,
-            owner TEXT NOT NULL REFERENCES tokens(name),
+            owner TEXT NOT NULL,
+            pool TEXT,
             container_id TEXT,
             state TEXT NOT NULL,
             reason TEXT,
@@ -118,6 +119,8 @@ class SandboxRow:
     memory: int | None
     created: str
     last_activity: str
+    pool: str | None = None
+    """The warm pool it was made for (kept after a client took it: where it came from)."""
 
 
 @dataclass
@@ -157,6 +160,7 @@ def _sandbox(row: sqlite3.Row) -> SandboxRow:
         memory=row["memory"],
         created=row["created"],
         last_activity=row["last_activity"],
+        pool=row["pool"],
     )
 
 
@@ -343,9 +347,10 @@ class Store:
             check(usage)
             c.execute(
                 "INSERT INTO sandboxes (id, owner, container_id, state, reason, config, labels, session_key, "
-                "cpus, memory, created, last_activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "cpus, memory, created, last_activity, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.id, row.owner, row.container_id, row.state, row.reason, json.dumps(row.config),
-                 json.dumps(row.labels), row.session_key, row.cpus, row.memory, row.created, row.last_activity),
+                 json.dumps(row.labels), row.session_key, row.cpus, row.memory, row.created, row.last_activity,
+                 row.pool),
             )
 
     @staticmethod
@@ -368,13 +373,47 @@ class Store:
         row = self._db.execute("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
         return _sandbox(row) if row is not None else None
 
-    def sandboxes(self, owner: str | None = None) -> list[SandboxRow]:
-        """Every record (of ``owner`` only, if given), oldest first."""
+    def sandboxes(self, owner: str | None = None, *, pooled: bool = False) -> list[SandboxRow]:
+        """Every record (of ``owner`` only, if given), oldest first; with ``pooled``, also the warm pool's
+        (which have no owner yet)."""
+        where = "" if pooled else "WHERE owner != ''"
         if owner is None:
-            rows = self._db.execute("SELECT * FROM sandboxes ORDER BY created, id")
+            rows = self._db.execute(f"SELECT * FROM sandboxes {where} ORDER BY created, id")
         else:
             rows = self._db.execute("SELECT * FROM sandboxes WHERE owner = ? ORDER BY created, id", (owner,))
         return [_sandbox(r) for r in rows]
+
+    def pool_counts(self) -> dict[str, tuple[int, int]]:
+        """Per pool: (ready, being made) sandboxes waiting for an owner."""
+        out: dict[str, tuple[int, int]] = {}
+        for r in self._db.execute(
+            "SELECT pool, SUM(state = 'pooled') AS ready, SUM(state = 'creating') AS making FROM sandboxes "
+            "WHERE owner = '' AND pool IS NOT NULL GROUP BY pool"
+        ):
+            out[r["pool"]] = (int(r["ready"] or 0), int(r["making"] or 0))
+        return out
+
+    def acquire_pooled(
+        self, pool: str, owner: str, labels: dict[str, str], check: Callable[[Usage], None]
+    ) -> SandboxRow | None:
+        """Give ``owner`` a ready sandbox of ``pool`` (after ``check(usage)`` passes), atomically: two
+        creates never get the same one. None when the pool is empty."""
+        with self._tx() as c:
+            check(self._usage(c, owner))
+            row = c.execute(
+                "SELECT id FROM sandboxes WHERE owner = '' AND pool = ? AND state = 'pooled' ORDER BY created LIMIT 1",
+                (pool,),
+            ).fetchone()
+            if row is None:
+                return None
+            now = utcnow()
+            c.execute(
+                "UPDATE sandboxes SET owner = ?, state = 'running', labels = ?, created = ?, last_activity = ? "
+                "WHERE id = ?",
+                (owner, json.dumps(labels), now, now, row["id"]),
+            )
+            got = c.execute("SELECT * FROM sandboxes WHERE id = ?", (row["id"],)).fetchone()
+            return _sandbox(got)
 
     def update_sandbox(self, sandbox_id: str, **values: Any) -> None:
         """Set some columns of one record (``state``, ``reason``, ``container_id``, ``last_activity``)."""
