@@ -343,3 +343,39 @@ def test_pooled_create_is_served_from_the_pool(services: Services, service_confi
         assert _pool_free(admin, "warm") == 1
         assert len(admin.get("/v1/sandboxes").json()["sandboxes"]) == 2
     assert len(docker_client.api.containers(all=True, filters={"label": "agentbox.service-pool=warm"})) == 2
+
+
+def test_events_stream_state_changes_and_engine_deaths(services: Services, service_config: Callable[..., Path],
+                                                       labels: dict[str, str], docker_client: Any) -> None:
+    svc = services("--config", str(service_config()))
+    with svc.client(svc.admin_token) as admin:
+        alice, bob = _token(admin, "alice"), _token(admin, "bob")
+    with svc.client(alice) as a, svc.client(bob) as b:
+        sid = _create(a, labels)["id"]
+        with a.stream("GET", "/v1/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            assert next(lines) == ": connected"
+
+            def next_event() -> dict[str, Any]:
+                for line in lines:
+                    if line.startswith("data: "):
+                        return dict(json.loads(line[6:]))
+                raise AssertionError("the event stream ended")
+
+            other = _create(b, labels)["id"]  # bob's: alice must not see it
+            assert a.post(f"/v1/sandboxes/{sid}/pause").status_code == 200
+            event = next_event()
+            assert (event["id"], event["state"], event["owner"]) == (sid, "paused", "alice")
+            assert a.post(f"/v1/sandboxes/{sid}/resume").status_code == 200
+            assert next_event()["state"] == "running"
+            # Killed behind the service's back: the engine's event stream tells it, no polling.
+            docker_client.api.kill(docker_client.api.containers(filters={"label": f"agentbox.sandbox={sid}"})[0]["Id"])
+            event = next_event()
+            assert (event["id"], event["state"]) == (sid, "dead")
+            assert "exited with code 137" in event["reason"]
+        record = a.get(f"/v1/sandboxes/{sid}").json()
+        assert record["state"] == "dead" and "137" in record["reason"]
+        assert a.post(f"/v1/sandboxes/{sid}/runtime/sessions/default/run", json={"command": "true"}).status_code == 409
+        assert b.get(f"/v1/sandboxes/{other}").json()["state"] == "running"
+        assert a.delete(f"/v1/sandboxes/{sid}").status_code == 200

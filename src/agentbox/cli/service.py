@@ -99,7 +99,9 @@ def serve_cmd(
     sock.listen(2048)
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), log_level=log_level, lifespan="on", ws="websockets-sansio")
+        # A bounded graceful shutdown: open event streams would otherwise hold it forever.
+        uvicorn.Config(create_app(settings), log_level=log_level, lifespan="on", ws="websockets-sansio",
+                       timeout_graceful_shutdown=5)
     )
     server.run(sockets=[sock])
 

@@ -8,6 +8,7 @@ reconciles the records with the engine before the first request is served.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -65,6 +66,8 @@ ADMIN_NAME = "admin"
 #: Printed on stderr once the service has reconciled and is about to serve.
 READY_PREFIX = "agentbox serve ready on "
 _CREATED = {("POST", "/v1/sandboxes"), ("POST", "/v1/tokens")}
+#: Seconds between keep-alive comments on a quiet event stream.
+KEEPALIVE = 15.0
 
 
 @dataclass
@@ -237,6 +240,30 @@ def build_router(svc: Service) -> TypedRouter:
         text = await manager.logs(_who(request), request.path_params["id"], query.tail)
         return PlainTextResponse(text)
 
+    @route("GET", "/v1/events", content_type="text/event-stream")
+    async def sandbox_events(request: Request) -> Response:
+        """Server-sent events: one ``data:`` line per state change of a sandbox the caller may see."""
+        who = _who(request)
+        queue = manager.events.subscribe()
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b": connected\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                    except asyncio.TimeoutError:
+                        yield b": keep-alive\n\n"  # lets proxies and clients tell a quiet stream from a dead one
+                        continue
+                    if event is None:
+                        return
+                    if who.admin or event.owner == who.name:
+                        yield b"data: " + event.model_dump_json().encode() + b"\n\n"
+            finally:
+                manager.events.unsubscribe(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
     # ------------------------------------------------------------------ tokens and audit (admin)
 
     @route("POST", "/v1/tokens", body=TokenCreate, response=TokenCreated)
@@ -339,6 +366,7 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         api = build_router(svc)
         holder["openapi"] = lambda: _openapi(api)
         app.router.routes[:0] = [*api.routes()]
+        manager.watch_engine()
         counts = await manager.reconcile()
         manager.pools.start()
         print(f"agentbox serve: reconciled {counts}", file=sys.stderr, flush=True)

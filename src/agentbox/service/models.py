@@ -24,6 +24,7 @@ __all__ = [
     "Health",
     "LogsQuery",
     "SandboxCreate",
+    "SandboxEvent",
     "SandboxList",
     "SandboxOut",
     "SandboxSettings",
@@ -191,3 +192,13 @@ class AuditQuery(WireModel):
     """Query of GET /v1/audit."""
 
     limit: int = Field(100, ge=1, le=10_000, description="How many entries, newest first.")
+
+
+class SandboxEvent(WireModel):
+    """A sandbox changed state (one ``data:`` line of GET /v1/events)."""
+
+    id: str = Field(description="The sandbox id.")
+    owner: str = Field(description="Name of the token that owns it.")
+    state: SandboxStateName = Field(description="Its new state.")
+    reason: str | None = Field(None, description="Why, when the service did not cause it (e.g. it died).")
+    at: str = Field(description="When (ISO 8601, UTC).")

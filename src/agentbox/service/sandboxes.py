@@ -35,10 +35,12 @@ from agentbox.backends.spec import SERVER_PORT, spec_from_config
 from agentbox.config import SandboxConfig
 from agentbox.errors import AgentboxError, ImageNotFoundError
 from agentbox.service.auth import Principal
+from agentbox.service.engine_events import EngineEvent, EngineWatcher
 from agentbox.service.errors import ApiError, from_agentbox_error
+from agentbox.service.events import EventHub
 from agentbox.service.labels import SERVICE, SERVICE_POOL
 from agentbox.service.metrics import Metrics
-from agentbox.service.models import SandboxCreate
+from agentbox.service.models import SandboxCreate, SandboxEvent
 from agentbox.service.policy import check_config, check_labels, check_quota
 from agentbox.service.settings import ServiceSettings
 from agentbox.service.store import SandboxRow, Store, Usage, utcnow
@@ -102,7 +104,10 @@ class SandboxManager:
         self._targets: dict[str, tuple[str, Target]] = {}
         self._activity_written: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self.on_change: Callable[[str], None] = lambda sandbox_id: None
+        self.events = EventHub()
+        self._oom: set[str] = set()
+        self._watcher = EngineWatcher(backend, {SERVICE: service_id}, self._on_engine_event)
+        self._loop: asyncio.AbstractEventLoop | None = None
         from agentbox.service.pool import WarmPools
 
         self.pools = WarmPools(self, settings.pools, settings.sandbox_defaults)
@@ -115,8 +120,11 @@ class SandboxManager:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
     async def close(self) -> None:
-        """Stop refilling pools, wait for pending activity writes and let go of the worker threads."""
+        """Stop watching the engine and refilling pools, end event streams, wait for pending activity
+        writes and let go of the worker threads."""
+        await self._call(self._watcher.close)
         await self.pools.close()
+        self.events.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -203,7 +211,7 @@ class SandboxManager:
                 self.metrics.creates.labels(outcome="pooled").inc()
                 self.metrics.create_seconds.observe(time.monotonic() - started)
                 await self.store.run(self.store.audit, who.name, "create", taken.id, f"from pool {pool}")
-                self.on_change(taken.id)
+                self._emit(taken)
                 return taken
         row = self._new_row(who.name, config, user_labels)
         await self.store.run(self.store.reserve_sandbox, row, check)
@@ -219,7 +227,7 @@ class SandboxManager:
         self.metrics.creates.labels(outcome="ok").inc()
         self.metrics.create_seconds.observe(time.monotonic() - started)
         await self.store.run(self.store.audit, who.name, "create", row.id, "")
-        self.on_change(row.id)
+        self._emit(row)
         return row
 
     async def make_pooled(self, pool: str, config: SandboxConfig, labels: dict[str, str]) -> None:
@@ -332,7 +340,7 @@ class SandboxManager:
             await self.store.run(self.store.update_sandbox, row.id, state=new, last_activity=row.last_activity)
             self._targets.pop(row.id, None)
             await self.store.run(self.store.audit, who.name, action, row.id, "")
-        self.on_change(row.id)
+        self._emit(row)
         return row
 
     async def pause(self, who: Principal, sandbox_id: str) -> SandboxRow:
@@ -364,7 +372,7 @@ class SandboxManager:
             await self.store.run(self.store.audit, who.name, "remove", row.id, "")
         self._forget(row.id)
         row.state = "removed"
-        self.on_change(row.id)
+        self._emit(row)
         return row
 
     async def logs(self, who: Principal, sandbox_id: str, tail: int | None) -> str:
@@ -476,6 +484,63 @@ class SandboxManager:
         log.info("reconciled: %s", counts)
         return counts
 
-    async def _mark_dead(self, row: SandboxRow, reason: str) -> None:
+    async def _mark_dead(self, row: SandboxRow, reason: str, action: str = "reconcile.dead") -> None:
         await self.store.run(self.store.update_sandbox, row.id, state="dead", reason=reason)
-        await self.store.run(self.store.audit, "service", "reconcile.dead", row.id, reason)
+        await self.store.run(self.store.audit, "service", action, row.id, reason)
+        self._forget(row.id)
+        row.state, row.reason = "dead", reason
+        self._emit(row)
+
+    def _emit(self, row: SandboxRow) -> None:
+        if row.owner:  # a pool's sandboxes are nobody's business until taken
+            self.events.publish(
+                SandboxEvent(id=row.id, owner=row.owner, state=row.state, reason=row.reason, at=utcnow())  # type: ignore[arg-type]
+            )
+
+    # -- the engine's events -------------------------------------------------------------------------------
+
+    def watch_engine(self) -> None:
+        """Follow the engine's events for this service's containers (call before :meth:`reconcile`, so
+        nothing that happens after the reconcile's look is missed)."""
+        self._loop = asyncio.get_running_loop()
+        self._watcher.start()
+
+    def _on_engine_event(self, event: EngineEvent) -> None:
+        """From the watcher's thread: hand the event to the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def handle() -> None:
+            task = loop.create_task(self._engine_event(event))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        loop.call_soon_threadsafe(handle)
+
+    async def _engine_event(self, event: EngineEvent) -> None:
+        if event.kind == "oom":
+            self._oom.add(event.sandbox_id)
+            return
+        if event.kind not in ("die", "destroy"):
+            return
+        if self._lock(event.sandbox_id).locked():
+            return  # the service itself is stopping or removing it
+        row = await self.store.run(self.store.sandbox, event.sandbox_id)
+        if row is None:
+            return
+        if row.state == "pooled":
+            await self._discard(row)
+            if row.pool:
+                self.pools.wake(row.pool)
+            return
+        if row.state not in ("running", "paused"):
+            return
+        if event.kind == "destroy":
+            reason = "its container was removed outside the service"
+        else:
+            oom = " (killed for lack of memory)" if event.sandbox_id in self._oom else ""
+            code = f" with code {event.exit_code}" if event.exit_code is not None else ""
+            reason = f"its container exited{code}{oom} without being stopped"
+        self._oom.discard(event.sandbox_id)
+        await self._mark_dead(row, reason, action="engine.dead")
