@@ -379,3 +379,38 @@ def test_events_stream_state_changes_and_engine_deaths(services: Services, servi
         assert a.post(f"/v1/sandboxes/{sid}/runtime/sessions/default/run", json={"command": "true"}).status_code == 409
         assert b.get(f"/v1/sandboxes/{other}").json()["state"] == "running"
         assert a.delete(f"/v1/sandboxes/{sid}").status_code == 200
+
+
+def test_idle_sandboxes_are_paused_and_old_ones_removed(services: Services, service_config: Callable[..., Path],
+                                                        labels: dict[str, str]) -> None:
+    config = service_config("[policy]\nidle_timeout = 600\nmax_lifetime = 3600\n")
+    svc = services("--config", str(config))
+    with svc.client(svc.admin_token) as client:
+        r = client.post("/v1/sandboxes", json={"labels": labels, "idle_timeout": 601})
+        assert r.status_code == 403 and r.json()["error"]["rule"] == "lifecycle"
+        r = client.post("/v1/sandboxes", json={"labels": labels, "keep_alive": True})
+        assert r.status_code == 403 and r.json()["error"]["rule"] == "lifecycle"
+        made = client.post("/v1/sandboxes", json={"labels": labels, "idle_timeout": 4}).json()
+        sid = made["id"]
+        assert (made["idle_timeout"], made["max_lifetime"]) == (4, 3600)  # the service's maximum as default
+        short = client.post("/v1/sandboxes", json={"labels": labels, "max_lifetime": 5}).json()["id"]
+        with client.stream("GET", "/v1/events") as events:
+            lines = events.iter_lines()
+            assert next(lines) == ": connected"
+            # A command streamed for longer than the idle timeout keeps the sandbox awake: an idle pause
+            # would freeze it and this stream would never end.
+            with client.stream("POST", f"/v1/sandboxes/{sid}/runtime/sessions/default/stream",
+                               json={"command": "sleep 6; echo done"}) as r:
+                body = "".join(r.iter_text())
+            assert '"exit_code":0' in body and "done" in body
+            seen: dict[str, str] = {}
+            for line in lines:
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    seen[event["id"]] = event["state"]
+                    if seen.get(sid) == "paused" and seen.get(short) == "removed":
+                        break
+        assert client.get(f"/v1/sandboxes/{sid}").json()["state"] == "paused"
+        assert client.get(f"/v1/sandboxes/{short}").status_code == 404
+        audit = {(e["actor"], e["action"], e["target"]) for e in client.get("/v1/audit").json()["entries"]}
+        assert ("service", "pause", sid) in audit and ("service", "remove", short) in audit

@@ -164,3 +164,16 @@ def test_bearer_header_forms() -> None:
         with pytest.raises(ApiError) as exc:
             bearer(header)
         assert exc.value.status == 401
+
+
+def test_lifecycle_within_the_policy() -> None:
+    from agentbox.service.policy import check_lifecycle
+
+    policy = Policy(idle_timeout=60, max_lifetime=600, allow_keep_alive=False)
+    assert check_lifecycle(None, None, False, policy) == (60, 600, False)
+    assert check_lifecycle(5, 10, False, policy) == (5, 10, False)
+    assert check_lifecycle(None, None, False, Policy()) == (None, None, False)
+    for args in ((61, None, False), (None, 601, False), (None, None, True)):
+        with pytest.raises(ApiError) as exc:
+            check_lifecycle(*args, policy)
+        assert _rule(exc) == "lifecycle"

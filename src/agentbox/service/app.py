@@ -175,6 +175,9 @@ def _sandbox_out(row: SandboxRow) -> SandboxOut:
         labels=row.labels,
         created=row.created,
         last_activity=row.last_activity,
+        idle_timeout=row.idle_timeout,
+        max_lifetime=row.max_lifetime,
+        keep_alive=row.keep_alive,
     )
 
 
@@ -396,7 +399,15 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         svc: Service = request.app.state.service
         target = await svc.manager.target(_who(request), request.path_params["id"])
         svc.metrics.proxy_requests.labels(kind="http").inc()
-        return await svc.proxy.forward(request, target, request.path_params["path"])
+        lifecycle = svc.manager.lifecycle
+        lifecycle.begin(target.sandbox_id)
+        try:
+            return await svc.proxy.forward(
+                request, target, request.path_params["path"], on_done=lambda: lifecycle.end(target.sandbox_id)
+            )
+        except BaseException:
+            lifecycle.end(target.sandbox_id)
+            raise
 
     async def runtime_ws(websocket: WebSocket) -> None:
         svc: Service = websocket.app.state.service
@@ -406,7 +417,11 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
             await websocket.close(code=1008 if exc.status < 500 else 1011, reason=exc.message[:120])
             return
         svc.metrics.proxy_requests.labels(kind="ws").inc()
-        await svc.proxy.forward_websocket(websocket, target, websocket.path_params["path"])
+        svc.manager.lifecycle.begin(target.sandbox_id)
+        try:
+            await svc.proxy.forward_websocket(websocket, target, websocket.path_params["path"])
+        finally:
+            svc.manager.lifecycle.end(target.sandbox_id)
 
     runtime_path = "/v1/sandboxes/{id}/runtime/{path:path}"
     routes: list[Any] = [

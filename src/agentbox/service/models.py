@@ -78,6 +78,15 @@ class SandboxCreate(WireModel):
     labels: dict[str, str] = Field(
         default_factory=dict, description="Extra container labels (not in the reserved agentbox. namespace)."
     )
+    idle_timeout: float | None = Field(
+        None, gt=0, le=10 * 365 * 86400,
+        description="Pause it after this many seconds without activity (default and maximum: the service's).",
+    )
+    max_lifetime: float | None = Field(
+        None, gt=0, le=10 * 365 * 86400,
+        description="Remove it this many seconds after creation (default and maximum: the service's).",
+    )
+    keep_alive: bool = Field(False, description="Never pause it for idleness (if the service allows).")
 
 
 class SandboxOut(WireModel):
@@ -93,6 +102,9 @@ class SandboxOut(WireModel):
     labels: dict[str, str] = Field(description="The labels the client asked for.")
     created: str = Field(description="When it was created (ISO 8601, UTC).")
     last_activity: str = Field(description="Last create, lifecycle call or request through the proxy (ISO 8601, UTC).")
+    idle_timeout: float | None = Field(None, description="Seconds without activity before it is paused, or null.")
+    max_lifetime: float | None = Field(None, description="Seconds after creation before it is removed, or null.")
+    keep_alive: bool = Field(False, description="Exempt from the idle timeout.")
 
 
 class SandboxList(WireModel):

@@ -11,6 +11,8 @@ Each refusal names its rule (the ``rule`` of the 403 answer, and the first words
 ``quota.sandboxes``    the token already has ``max_sandboxes`` live sandboxes
 ``quota.cpus``         the token's live sandboxes would exceed ``max_cpus`` cores (or ``cpus`` unset)
 ``quota.memory``       likewise for ``max_memory`` bytes
+``lifecycle``          an ``idle_timeout`` / ``max_lifetime`` longer than the service's, or ``keep_alive``
+                       where ``[policy] allow_keep_alive`` is false
 =====================  ===================================================================================
 """
 
@@ -26,7 +28,7 @@ from agentbox.errors import ConfigError
 from agentbox.service.errors import ApiError, policy_denied
 from agentbox.service.store import Usage
 
-__all__ = ["Policy", "Quota", "check_config", "check_labels", "check_quota"]
+__all__ = ["Policy", "Quota", "check_config", "check_labels", "check_lifecycle", "check_quota"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class Policy:
     """Existing Docker networks a sandbox may join (``network`` or ``additional_networks``)."""
     allow_named_volumes: bool = False
     """Allow named Docker volumes (any tenant naming the same volume shares its data)."""
+    idle_timeout: float | None = None
+    """Seconds without activity before the service pauses a sandbox: the default and the maximum."""
+    max_lifetime: float | None = None
+    """Seconds after creation before the service removes a sandbox: the default and the maximum."""
+    allow_keep_alive: bool = False
+    """Whether a create may exempt its sandbox from the idle timeout."""
 
 
 @dataclass(frozen=True)
@@ -135,3 +143,21 @@ def check_quota(config: SandboxConfig, quota: Quota, usage: Usage, token: str) -
                 f"token {token!r} may use {quota.max_memory} bytes of memory; {usage.memory} in use, "
                 f"{config.memory} asked",
             )
+
+
+def check_lifecycle(
+    idle_timeout: float | None, max_lifetime: float | None, keep_alive: bool, policy: Policy
+) -> tuple[float | None, float | None, bool]:
+    """The (idle timeout, max lifetime, keep-alive) of a new sandbox: what it asked for, within the policy,
+    with the service's values as defaults."""
+    if keep_alive and not policy.allow_keep_alive:
+        raise policy_denied("lifecycle", "keep_alive is not allowed by this service")
+    for name, asked, limit in (("idle_timeout", idle_timeout, policy.idle_timeout),
+                               ("max_lifetime", max_lifetime, policy.max_lifetime)):
+        if asked is not None and limit is not None and asked > limit:
+            raise policy_denied("lifecycle", f"{name} {asked:g} s is longer than this service allows ({limit:g} s)")
+    return (
+        idle_timeout if idle_timeout is not None else policy.idle_timeout,
+        max_lifetime if max_lifetime is not None else policy.max_lifetime,
+        keep_alive,
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -76,8 +77,12 @@ class RuntimeProxy:
         for sandbox_id in list(self._clients):
             await self.drop(sandbox_id)
 
-    async def forward(self, request: Request, target: Target, path: str) -> Response:
-        """Send ``request`` to ``path`` on the target's runtime server and stream the answer back."""
+    async def forward(
+        self, request: Request, target: Target, path: str, on_done: Callable[[], None] = lambda: None
+    ) -> Response:
+        """Send ``request`` to ``path`` on the target's runtime server and stream the answer back.
+
+        ``on_done`` is called once the answer has been sent (or failed), exactly once, if this returns."""
         client = self._client(target)
         url = target.endpoint.url.rstrip("/") + "/" + path.lstrip("/")
         query = request.url.query
@@ -105,20 +110,34 @@ class RuntimeProxy:
         out_headers = {
             k: v for k, v in upstream.headers.multi_items() if k.lower() not in _DROP_RESPONSE
         }
+        finished = False
+
+        async def finish() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                await upstream.aclose()
+                on_done()
+
         size = upstream.headers.get("content-length", "")
         if size.isdigit() and int(size) <= _SMALL_BODY:
             # A small answer of known size (a command's result): one read, one write, no chunk machinery.
             try:
                 body = b"".join([chunk async for chunk in upstream.aiter_raw()])  # raw: still encoded
             finally:
-                await upstream.aclose()
+                await finish()
             return Response(body, status_code=upstream.status_code, headers=out_headers)
-        return StreamingResponse(
-            upstream.aiter_raw(),
-            status_code=upstream.status_code,
-            headers=out_headers,
-            background=BackgroundTask(upstream.aclose),
-        )
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            finally:
+                await finish()
+
+        # The background task covers a client gone before the first chunk (the generator never ran).
+        return StreamingResponse(relay(), status_code=upstream.status_code, headers=out_headers,
+                                 background=BackgroundTask(finish))
 
     async def forward_websocket(self, websocket: WebSocket, target: Target, path: str) -> None:
         """Relay a WebSocket to ``path`` on the target's server, both ways, until either side closes."""

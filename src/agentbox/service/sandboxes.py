@@ -39,9 +39,10 @@ from agentbox.service.engine_events import EngineEvent, EngineWatcher
 from agentbox.service.errors import ApiError, from_agentbox_error
 from agentbox.service.events import EventHub
 from agentbox.service.labels import SERVICE, SERVICE_POOL
+from agentbox.service.lifecycle import Lifecycle
 from agentbox.service.metrics import Metrics
 from agentbox.service.models import SandboxCreate, SandboxEvent
-from agentbox.service.policy import check_config, check_labels, check_quota
+from agentbox.service.policy import Quota, check_config, check_labels, check_lifecycle, check_quota
 from agentbox.service.settings import ServiceSettings
 from agentbox.service.store import SandboxRow, Store, Usage, utcnow
 
@@ -61,6 +62,10 @@ _ENGINE_STATES = {
     SandboxState.RUNNING: "running",
     SandboxState.PAUSED: "paused",
 }
+
+
+#: Who the service's own lifecycle actions are taken as (in the audit log: "service").
+SERVICE_PRINCIPAL = Principal("service", True, Quota())
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class SandboxManager:
         self._activity_written: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.events = EventHub()
+        self.lifecycle = Lifecycle(self._expire_idle, self._expire_lifetime)
         self._oom: set[str] = set()
         self._watcher = EngineWatcher(backend, {SERVICE: service_id}, self._on_engine_event)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,6 +129,7 @@ class SandboxManager:
         """Stop watching the engine and refilling pools, end event streams, wait for pending activity
         writes and let go of the worker threads."""
         await self._call(self._watcher.close)
+        self.lifecycle.close()
         await self.pools.close()
         self.events.close()
         if self._background:
@@ -198,6 +205,7 @@ class SandboxManager:
         ``who``; on any failure nothing is left."""
         user_labels = check_labels(body.labels)
         config = self.effective_config(body)
+        lifecycle = check_lifecycle(body.idle_timeout, body.max_lifetime, body.keep_alive, self.settings.policy)
 
         def check(usage: Usage) -> None:
             check_quota(config, who.quota, usage, who.name)
@@ -205,15 +213,17 @@ class SandboxManager:
         started = time.monotonic()
         pool = self.pools.match(config, user_labels)
         if pool is not None:
-            taken = await self.store.run(self.store.acquire_pooled, pool, who.name, user_labels, check)
+            taken = await self.store.run(self.store.acquire_pooled, pool, who.name, user_labels, check, lifecycle)
             self.pools.wake(pool)
             if taken is not None:
                 self.metrics.creates.labels(outcome="pooled").inc()
                 self.metrics.create_seconds.observe(time.monotonic() - started)
                 await self.store.run(self.store.audit, who.name, "create", taken.id, f"from pool {pool}")
+                self.lifecycle.track(taken)
                 self._emit(taken)
                 return taken
         row = self._new_row(who.name, config, user_labels)
+        row.idle_timeout, row.max_lifetime, row.keep_alive = lifecycle
         await self.store.run(self.store.reserve_sandbox, row, check)
         try:
             async with self._lock(row.id):
@@ -227,6 +237,7 @@ class SandboxManager:
         self.metrics.creates.labels(outcome="ok").inc()
         self.metrics.create_seconds.observe(time.monotonic() - started)
         await self.store.run(self.store.audit, who.name, "create", row.id, "")
+        self.lifecycle.track(row)
         self._emit(row)
         return row
 
@@ -294,6 +305,7 @@ class SandboxManager:
             await self._call(self.backend.remove, cid, purge_volumes=purge_volumes)
 
     def _forget(self, sandbox_id: str) -> None:
+        self.lifecycle.forget(sandbox_id)
         self._targets.pop(sandbox_id, None)
         self._endpoints.pop(sandbox_id, None)
         self._activity_written.pop(sandbox_id, None)
@@ -340,6 +352,7 @@ class SandboxManager:
             await self.store.run(self.store.update_sandbox, row.id, state=new, last_activity=row.last_activity)
             self._targets.pop(row.id, None)
             await self.store.run(self.store.audit, who.name, action, row.id, "")
+            self.lifecycle.track(row)
         self._emit(row)
         return row
 
@@ -418,6 +431,7 @@ class SandboxManager:
         """Count a request through the proxy as activity (written to the store at most every few seconds:
         the proxied round trip must not wait for the file)."""
         now = time.monotonic()
+        self.lifecycle.touch(sandbox_id)
         if now - self._activity_written.get(sandbox_id, -ACTIVITY_WRITE_INTERVAL) < ACTIVITY_WRITE_INTERVAL:
             return
         self._activity_written[sandbox_id] = now
@@ -481,8 +495,22 @@ class SandboxManager:
                 self.store.audit, "service", "reconcile.remove", sandbox_id, "container without a record"
             )
             counts["removed"] += 1
+        for row in await self.store.run(self.store.sandboxes):
+            self.lifecycle.track(row)
         log.info("reconciled: %s", counts)
         return counts
+
+    async def _expire_idle(self, sandbox_id: str) -> None:
+        try:
+            await self._transition(SERVICE_PRINCIPAL, sandbox_id, "pause")
+        except ApiError as exc:  # it changed state (or went away) meanwhile: nothing to do
+            log.info("idle pause of %s skipped: %s", sandbox_id, exc)
+
+    async def _expire_lifetime(self, sandbox_id: str) -> None:
+        try:
+            await self.remove(SERVICE_PRINCIPAL, sandbox_id)
+        except ApiError as exc:
+            log.info("end-of-life removal of %s skipped: %s", sandbox_id, exc)
 
     async def _mark_dead(self, row: SandboxRow, reason: str, action: str = "reconcile.dead") -> None:
         await self.store.run(self.store.update_sandbox, row.id, state="dead", reason=reason)

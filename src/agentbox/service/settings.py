@@ -10,6 +10,9 @@
     networks = ["sidecars"]   # existing Docker networks sandboxes may join (none by default)
     volume_roots = ["/srv/agent-work"]   # added to --allow-volume-root
     allow_named_volumes = false
+    idle_timeout = 1800       # seconds without activity before a sandbox is paused (default and maximum)
+    max_lifetime = 86400      # seconds after creation before it is removed (default and maximum)
+    allow_keep_alive = false  # may a create exempt its sandbox from idle_timeout?
 
     [[pool]]                  # a warm pool: `size` ready sandboxes of this profile (no volumes)
     name = "default"
@@ -50,7 +53,7 @@ DEFAULT_PORT = 8473
 
 _TABLES = ("sandbox", "policy", "pool")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_POLICY_KEYS = ("networks", "volume_roots", "allow_named_volumes")
+_POLICY_KEYS = ("networks", "volume_roots", "allow_named_volumes", "idle_timeout", "max_lifetime", "allow_keep_alive")
 
 
 def default_data_dir() -> Path:
@@ -150,6 +153,8 @@ def load_settings(
     roots = _roots(list(allow_volume_roots), "--allow-volume-root")
     networks: list[str] = []
     named = False
+    keep = False
+    lifecycle: dict[str, float | None] = {"idle_timeout": None, "max_lifetime": None}
     pools: tuple[PoolSpec, ...] = ()
     path = Path(config_file) if config_file is not None else None
     if path is not None:
@@ -178,8 +183,14 @@ def load_settings(
                         f"{path}: [policy] volume_roots")
         pools = _pools(data.get("pool", []), defaults, str(path))
         named = policy.get("allow_named_volumes", False)
-        if not isinstance(named, bool):
-            raise ConfigError(f"{path}: [policy] allow_named_volumes must be true or false")
+        keep = policy.get("allow_keep_alive", False)
+        if not isinstance(named, bool) or not isinstance(keep, bool):
+            raise ConfigError(f"{path}: [policy] allow_named_volumes and allow_keep_alive are true or false")
+        for key in ("idle_timeout", "max_lifetime"):
+            value = policy.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{path}: [policy] {key} must be a number of seconds > 0")
+            lifecycle[key] = float(value) if value is not None else None
     if not 0 <= port < 65536:
         raise ConfigError(f"--port {port}: must be between 0 (any free port) and 65535")
     return ServiceSettings(
@@ -188,7 +199,7 @@ def load_settings(
         port=port,
         sandbox_defaults=defaults,
         policy=Policy(volume_roots=tuple(dict.fromkeys(roots)), networks=frozenset(networks),
-                      allow_named_volumes=named),
+                      allow_named_volumes=named, allow_keep_alive=keep, **lifecycle),
         backend=str(defaults.get("backend", "docker")),
         config_file=path,
         pools=pools,

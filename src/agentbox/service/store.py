@@ -68,7 +68,10 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             cpus REAL,
             memory INTEGER,
             created TEXT NOT NULL,
-            last_activity TEXT NOT NULL
+            last_activity TEXT NOT NULL,
+            idle_timeout REAL,
+            max_lifetime REAL,
+            keep_alive INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX sandboxes_owner ON sandboxes(owner);
         CREATE TABLE audit (
@@ -121,6 +124,12 @@ class SandboxRow:
     last_activity: str
     pool: str | None = None
     """The warm pool it was made for (kept after a client took it: where it came from)."""
+    idle_timeout: float | None = None
+    """Seconds without activity after which the service pauses it (None: never)."""
+    max_lifetime: float | None = None
+    """Seconds after creation at which the service removes it (None: never)."""
+    keep_alive: bool = False
+    """Exempt from the idle timeout."""
 
 
 @dataclass
@@ -161,6 +170,9 @@ def _sandbox(row: sqlite3.Row) -> SandboxRow:
         created=row["created"],
         last_activity=row["last_activity"],
         pool=row["pool"],
+        idle_timeout=row["idle_timeout"],
+        max_lifetime=row["max_lifetime"],
+        keep_alive=bool(row["keep_alive"]),
     )
 
 
@@ -347,10 +359,11 @@ class Store:
             check(usage)
             c.execute(
                 "INSERT INTO sandboxes (id, owner, container_id, state, reason, config, labels, session_key, "
-                "cpus, memory, created, last_activity, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "cpus, memory, created, last_activity, pool, idle_timeout, max_lifetime, keep_alive) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.id, row.owner, row.container_id, row.state, row.reason, json.dumps(row.config),
                  json.dumps(row.labels), row.session_key, row.cpus, row.memory, row.created, row.last_activity,
-                 row.pool),
+                 row.pool, row.idle_timeout, row.max_lifetime, int(row.keep_alive)),
             )
 
     @staticmethod
@@ -394,7 +407,12 @@ class Store:
         return out
 
     def acquire_pooled(
-        self, pool: str, owner: str, labels: dict[str, str], check: Callable[[Usage], None]
+        self,
+        pool: str,
+        owner: str,
+        labels: dict[str, str],
+        check: Callable[[Usage], None],
+        lifecycle: tuple[float | None, float | None, bool] = (None, None, False),
     ) -> SandboxRow | None:
         """Give ``owner`` a ready sandbox of ``pool`` (after ``check(usage)`` passes), atomically: two
         creates never get the same one. None when the pool is empty."""
@@ -408,9 +426,9 @@ class Store:
                 return None
             now = utcnow()
             c.execute(
-                "UPDATE sandboxes SET owner = ?, state = 'running', labels = ?, created = ?, last_activity = ? "
-                "WHERE id = ?",
-                (owner, json.dumps(labels), now, now, row["id"]),
+                "UPDATE sandboxes SET owner = ?, state = 'running', labels = ?, created = ?, last_activity = ?, "
+                "idle_timeout = ?, max_lifetime = ?, keep_alive = ? WHERE id = ?",
+                (owner, json.dumps(labels), now, now, lifecycle[0], lifecycle[1], int(lifecycle[2]), row["id"]),
             )
             got = c.execute("SELECT * FROM sandboxes WHERE id = ?", (row["id"],)).fetchone()
             return _sandbox(got)
