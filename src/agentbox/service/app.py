@@ -364,6 +364,14 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         metrics = Metrics()
         manager = SandboxManager(settings, store, engine, service_id, metrics)
         proxy = RuntimeProxy()
+        background: set[asyncio.Task[None]] = set()
+
+        def drop_connections(sandbox_id: str) -> None:
+            task = asyncio.get_running_loop().create_task(proxy.drop(sandbox_id))
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+        manager.on_forget = drop_connections
         svc = Service(settings, store, engine, service_id, manager, proxy, metrics)
         app.state.service = svc
         api = build_router(svc)

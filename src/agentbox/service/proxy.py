@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -40,42 +41,60 @@ _SMALL_BODY = 1 << 20
 
 
 class RuntimeProxy:
-    """HTTP clients per sandbox (keep-alive to its server), and the forwarding itself."""
+    """The HTTP clients to runtime servers (keep-alive), and the forwarding itself.
+
+    One client serves every sandbox reached over TCP (connections are pooled per address); a sandbox
+    behind a Unix socket gets a client of its own. Making an httpx client costs 20-40 ms, nearly all of
+    it loading CA certificates, so one SSL context (never used: sandboxes speak plain HTTP) is shared.
+    """
 
     def __init__(self) -> None:
-        self._clients: dict[str, tuple[str, httpx.AsyncClient]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._tcp: httpx.AsyncClient | None = None
+        self._uds: dict[str, tuple[str, httpx.AsyncClient]] = {}
+
+    def _new_client(self, transport_args: dict[str, Any]) -> httpx.AsyncClient:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        transport = httpx.AsyncHTTPTransport(verify=self._ssl, **transport_args)
+        # No read timeout: a command may legitimately run for a long time; the runtime server bounds it.
+        return httpx.AsyncClient(
+            transport=transport, verify=self._ssl, timeout=httpx.Timeout(10.0, read=None, write=None, pool=None)
+        )
 
     def _client(self, target: Target) -> httpx.AsyncClient:
         ep = target.endpoint
-        where = ep.uds or ep.url
-        known = self._clients.get(target.sandbox_id)
-        if known is not None and known[0] == where:
+        if ep.uds is None:
+            if self._tcp is None:
+                # Without TCP_NODELAY, headers and body leave in two writes and Nagle plus the server's
+                # delayed ACK hold the second for ~40 ms: every proxied round trip would pay it.
+                self._tcp = self._new_client(
+                    {"socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                     "limits": httpx.Limits(max_connections=None, max_keepalive_connections=256)}
+                )
+            return self._tcp
+        known = self._uds.get(target.sandbox_id)
+        if known is not None and known[0] == ep.uds:
             return known[1]
-        if known is not None:  # the sandbox restarted elsewhere: the old connections are useless
+        if known is not None:  # the sandbox restarted with another socket: the old connections are useless
             asyncio.get_running_loop().create_task(known[1].aclose())
-        if ep.uds:
-            transport = httpx.AsyncHTTPTransport(uds=ep.uds)
-        else:
-            # Without TCP_NODELAY, headers and body leave in two writes and Nagle plus the server's delayed
-            # ACK hold the second for ~40 ms: every proxied round trip would pay it.
-            transport = httpx.AsyncHTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        # No read timeout: a command may legitimately run for a long time; the runtime server bounds it.
-        client = httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(10.0, read=None, write=None, pool=None)
-        )
-        self._clients[target.sandbox_id] = (where, client)
+        client = self._new_client({"uds": ep.uds})
+        self._uds[target.sandbox_id] = (ep.uds, client)
         return client
 
     async def drop(self, sandbox_id: str) -> None:
-        """Close the connections to a sandbox that went away."""
-        known = self._clients.pop(sandbox_id, None)
+        """Close the connections to a sandbox that went away (pooled TCP ones expire by themselves)."""
+        known = self._uds.pop(sandbox_id, None)
         if known is not None:
             await known[1].aclose()
 
     async def aclose(self) -> None:
         """Close every connection."""
-        for sandbox_id in list(self._clients):
+        for sandbox_id in list(self._uds):
             await self.drop(sandbox_id)
+        if self._tcp is not None:
+            await self._tcp.aclose()
+            self._tcp = None
 
     async def forward(
         self, request: Request, target: Target, path: str, on_done: Callable[[], None] = lambda: None

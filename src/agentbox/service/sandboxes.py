@@ -110,6 +110,8 @@ class SandboxManager:
         self._activity_written: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.events = EventHub()
+        #: Called when a sandbox is gone or dead (the proxy closes its connections to it).
+        self.on_forget: Callable[[str], None] = lambda sandbox_id: None
         self.lifecycle = Lifecycle(self._expire_idle, self._expire_lifetime)
         self._oom: set[str] = set()
         self._watcher = EngineWatcher(backend, {SERVICE: service_id}, self._on_engine_event)
@@ -305,6 +307,7 @@ class SandboxManager:
             await self._call(self.backend.remove, cid, purge_volumes=purge_volumes)
 
     def _forget(self, sandbox_id: str) -> None:
+        self.on_forget(sandbox_id)
         self.lifecycle.forget(sandbox_id)
         self._targets.pop(sandbox_id, None)
         self._endpoints.pop(sandbox_id, None)
