@@ -111,6 +111,18 @@ def test_store_is_private_migrated_and_keeps_only_digests(tmp_path: Path) -> Non
     again.close()
 
 
+def test_first_start_makes_an_admin_token_even_after_cli_tokens(tmp_path: Path) -> None:
+    cli = Store(tmp_path / "data").open()
+    create_token(cli, "early")  # `agentbox token create` before the first `agentbox serve`...
+    cli.close()
+    store = Store(tmp_path / "data").open()  # ...which then finds a database that is not new
+    secret = bootstrap_admin(store, store.data_dir)
+    assert secret is not None and (store.data_dir / "admin.token").read_text().strip() == secret
+    store.revoke_token("admin")
+    assert bootstrap_admin(store, store.data_dir) is None  # revoked on purpose: not made again
+    store.close()
+
+
 def test_quota_reservation_is_atomic(tmp_path: Path) -> None:
     """Many threads race to reserve under a 3-sandbox quota: exactly 3 win."""
     store = Store(tmp_path / "data").open()

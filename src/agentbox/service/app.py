@@ -102,8 +102,11 @@ def create_token(
 
 
 def bootstrap_admin(store: Store, data_dir: Path) -> str | None:
-    """On a first start, make the admin token and write it to ``<data-dir>/admin.token`` (0600)."""
-    if not store.fresh or store.has_admin():
+    """On a first start, make the admin token and write it to ``<data-dir>/admin.token`` (0600).
+
+    "First" means no admin token was ever made (tokens made with the CLI before the first start do not
+    count); an operator who revoked the admin token on purpose does not get a new one on restart."""
+    if store.has_admin(ever=True):
         return None
     secret, _row = create_token(store, ADMIN_NAME, admin=True)
     path = data_dir / ADMIN_TOKEN_FILE

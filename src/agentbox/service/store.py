@@ -345,9 +345,10 @@ class Store:
             cur = c.execute("UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (utcnow(), name))
             return cur.rowcount == 1
 
-    def has_admin(self) -> bool:
-        """Whether a live admin token exists."""
-        return self._db.execute("SELECT 1 FROM tokens WHERE admin = 1 AND revoked IS NULL").fetchone() is not None
+    def has_admin(self, *, ever: bool = False) -> bool:
+        """Whether a live admin token exists (``ever``: whether one was ever made, revoked or not)."""
+        sql = "SELECT 1 FROM tokens WHERE admin = 1" + ("" if ever else " AND revoked IS NULL")
+        return self._db.execute(sql).fetchone() is not None
 
     # -- sandboxes -----------------------------------------------------------------------------------------
 
