@@ -414,3 +414,50 @@ def test_idle_sandboxes_are_paused_and_old_ones_removed(services: Services, serv
         assert client.get(f"/v1/sandboxes/{short}").status_code == 404
         audit = {(e["actor"], e["action"], e["target"]) for e in client.get("/v1/audit").json()["entries"]}
         assert ("service", "pause", sid) in audit and ("service", "remove", short) in audit
+
+
+def test_create_can_stream_its_progress(services: Services, service_config: Callable[..., Path],
+                                        labels: dict[str, str]) -> None:
+    svc = services("--config", str(service_config()))
+    sse = {"Accept": "text/event-stream"}
+
+    def events(client: httpx.Client, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        with client.stream("POST", "/v1/sandboxes", json=body, headers=sse) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            name = ""
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    out.append((name, json.loads(line[6:])))
+        return out
+
+    with svc.client(svc.admin_token) as admin:
+        got = events(admin, {"labels": labels})
+        assert [n for n, _ in got if n != "progress"] == ["sandbox"]
+        sid = got[-1][1]["id"]
+        assert _run(admin, sid, "echo streamed")["output"] == "streamed\n"
+        # A refusal by policy is still a plain 4xx before any stream starts...
+        r = admin.post("/v1/sandboxes", json={"labels": labels, "config": {"use_host_network": True}}, headers=sse)
+        assert r.status_code == 403 and r.json()["error"]["rule"] == "host_network"
+        # ...while a failure found later (the quota, checked when the sandbox is reserved) ends the stream.
+        none = _token(admin, "none", max_sandboxes=0)
+    with svc.client(none) as c:
+        got = events(c, {"labels": labels})
+        assert got[-1][0] == "error" and got[-1][1]["error"]["rule"] == "quota.sandboxes"
+
+
+def test_create_streams_image_progress(services: Services, labels: dict[str, str], runtime_image: str,
+                                       tmp_path: Path) -> None:
+    """Without a ready runtime image configured, the create resolves (builds if needed) one: its steps
+    arrive as progress events before the record."""
+    if os.environ.get("AGENTBOX_TEST_IMAGE"):
+        pytest.skip("AGENTBOX_TEST_IMAGE: the default runtime image may not exist")
+    svc = services(data_dir=tmp_path / "plain")
+    with svc.client(svc.admin_token) as admin, admin.stream(
+        "POST", "/v1/sandboxes", json={"labels": labels}, headers={"Accept": "text/event-stream"}
+    ) as r:
+        text = "".join(r.iter_text())
+    assert "event: progress" in text and "runtime image" in text
+    assert text.rstrip().splitlines()[-2] == "event: sandbox"

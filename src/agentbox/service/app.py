@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -52,6 +53,7 @@ from agentbox.service.models import (
     TokenList,
     TokenOut,
 )
+from agentbox.service.policy import check_labels, check_lifecycle
 from agentbox.service.proxy import RuntimeProxy
 from agentbox.service.sandboxes import SandboxManager
 from agentbox.service.settings import ServiceSettings
@@ -211,9 +213,21 @@ def build_router(svc: Service) -> TypedRouter:
 
     @route("POST", "/v1/sandboxes", body=SandboxCreate, response=SandboxOut)
     async def create_sandbox(request: Request, body: SandboxCreate) -> Response:
-        """Create and start a sandbox (201 with its record once its runtime server answered)."""
-        row = await manager.create(_who(request), body)
-        return json_response(_sandbox_out(row), status_code=201)
+        """Create and start a sandbox (201 with its record once its runtime server answered).
+
+        With ``Accept: text/event-stream`` the answer is a stream instead: ``event: progress`` lines while
+        an image builds, then ``event: sandbox`` (the record) or ``event: error`` (``{"error": ...}``).
+        Configurations the policy refuses are still refused up front with a plain 4xx.
+        """
+        who = _who(request)
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            row = await manager.create(who, body)
+            return json_response(_sandbox_out(row), status_code=201)
+        check_labels(body.labels)
+        manager.effective_config(body)
+        check_lifecycle(body.idle_timeout, body.max_lifetime, body.keep_alive, svc.settings.policy)
+        return StreamingResponse(_create_stream(manager, who, body), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
 
     @route("GET", "/v1/sandboxes/{id}", response=SandboxOut)
     async def get_sandbox(request: Request) -> SandboxOut:
@@ -312,6 +326,40 @@ def build_router(svc: Service) -> TypedRouter:
     return api
 
 
+def _sse(event: str, data: str) -> bytes:
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+async def _create_stream(manager: SandboxManager, who: Principal, body: SandboxCreate) -> AsyncIterator[bytes]:
+    """The event stream of one create. The create itself runs on as a task of its own: a client that goes
+    away mid-build still gets its sandbox (listed), rather than a half-made one."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    def progress(line: str) -> None:
+        loop.call_soon_threadsafe(lines.put_nowait, line)
+
+    task = loop.create_task(manager.create(who, body, progress))
+    while True:
+        getter = loop.create_task(lines.get())
+        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield _sse("progress", json.dumps({"line": getter.result()}))
+            continue
+        getter.cancel()
+        break
+    while not lines.empty():
+        yield _sse("progress", json.dumps({"line": lines.get_nowait()}))
+    try:
+        row = task.result()
+    except AgentboxError as exc:
+        api = from_agentbox_error(exc)
+        detail = ErrorResponse(error=ErrorDetail(code=api.code, message=str(api), rule=api.rule))
+        yield _sse("error", detail.model_dump_json())
+        return
+    yield _sse("sandbox", _sandbox_out(row).model_dump_json())
+
+
 def _openapi(api: TypedRouter) -> dict[str, Any]:
     doc = api.openapi(title="agentbox service", version=__version__, error_model=ErrorResponse)
     doc["components"]["securitySchemes"] = {"BearerToken": {"type": "http", "scheme": "bearer"}}
@@ -379,6 +427,8 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         app.state.service = svc
         api = build_router(svc)
         holder["openapi"] = lambda: _openapi(api)
+        # The typed routes close over the service, which exists only from here on (no request is served
+        # before the lifespan has finished), so they are put in front of the static routes now.
         app.router.routes[:0] = [*api.routes()]
         manager.watch_engine()
         counts = await manager.reconcile()

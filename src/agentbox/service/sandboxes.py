@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 from pydantic import ValidationError
 
 from agentbox import __version__
-from agentbox.backends.base import Backend, Endpoint, SandboxInfo, SandboxState
+from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
 from agentbox.backends.labels import LABELS
 from agentbox.backends.spec import SERVER_PORT, spec_from_config
 from agentbox.config import SandboxConfig
@@ -202,9 +202,10 @@ class SandboxManager:
             pool=pool,
         )
 
-    async def create(self, who: Principal, body: SandboxCreate) -> SandboxRow:
+    async def create(self, who: Principal, body: SandboxCreate, progress: Progress | None = None) -> SandboxRow:
         """Check, then take a ready sandbox from a matching warm pool, or reserve, create and start one for
-        ``who``; on any failure nothing is left."""
+        ``who``; on any failure nothing is left. ``progress`` gets the steps of an image build (called from
+        a worker thread)."""
         user_labels = check_labels(body.labels)
         config = self.effective_config(body)
         lifecycle = check_lifecycle(body.idle_timeout, body.max_lifetime, body.keep_alive, self.settings.policy)
@@ -229,7 +230,7 @@ class SandboxManager:
         await self.store.run(self.store.reserve_sandbox, row, check)
         try:
             async with self._lock(row.id):
-                await self._build(row, config, user_labels)
+                await self._build(row, config, user_labels, progress=progress)
         except BaseException as exc:
             self.metrics.creates.labels(outcome="failed").inc()
             await self._discard(row)
@@ -261,9 +262,10 @@ class SandboxManager:
         *,
         final_state: str = "running",
         extra_labels: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         backend = self.backend
-        image = await self._call(backend.resolve_image, config)
+        image = await self._call(backend.resolve_image, config, progress)
         labels = {**self._labels(row.id, user_labels), **(extra_labels or {})}
         spec = spec_from_config(config, image=image, sandbox_id=row.id, labels=labels)
         try:
@@ -272,7 +274,7 @@ class SandboxManager:
             if config.runtime_container_image:
                 raise
             # The cached runtime image was removed meanwhile: make it again, once.
-            image = await self._call(backend.resolve_image, config, None, refresh=True)
+            image = await self._call(backend.resolve_image, config, progress, refresh=True)
             cid = await self._call(backend.create, replace(spec, image=image))
         row.container_id = cid
         await self.store.run(self.store.update_sandbox, row.id, container_id=cid)
