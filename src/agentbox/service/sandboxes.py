@@ -9,6 +9,11 @@ half-done step: a ``creating`` or ``removing`` record (its container, if any, is
 container carrying this service's label with no record at all (removed). Records whose container is gone,
 or exited without being asked to, are kept as ``dead`` with the reason, until their owner removes them.
 
+Around that core: warm pools (:mod:`.pool`) hand out ready sandboxes, idle and lifetime timers
+(:mod:`.lifecycle`) pause and remove, the engine's event stream (:mod:`.engine_events`) marks sandboxes
+that die behind the service's back, and every change of state is published to ``GET /v1/events``
+(:mod:`.events`).
+
 Backend calls block (Docker SDK), so they run on a worker pool; the store runs on its own thread.
 """
 
@@ -43,6 +48,7 @@ from agentbox.service.lifecycle import Lifecycle
 from agentbox.service.metrics import Metrics
 from agentbox.service.models import SandboxCreate, SandboxEvent
 from agentbox.service.policy import Quota, check_config, check_labels, check_lifecycle, check_quota
+from agentbox.service.pool import WarmPools
 from agentbox.service.settings import ServiceSettings
 from agentbox.service.store import SandboxRow, Store, Usage, utcnow
 
@@ -116,8 +122,6 @@ class SandboxManager:
         self._oom: set[str] = set()
         self._watcher = EngineWatcher(backend, {SERVICE: service_id}, self._on_engine_event)
         self._loop: asyncio.AbstractEventLoop | None = None
-        from agentbox.service.pool import WarmPools
-
         self.pools = WarmPools(self, settings.pools, settings.sandbox_defaults)
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
