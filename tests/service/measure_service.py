@@ -13,6 +13,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def main() -> None:
     config = tmp / "service.toml"
     pool_labels = ", ".join(f'"{k}" = "{v}"' for k, v in LABELS.items())
     config.write_text(f'[sandbox]\nruntime_container_image = "{image}"\n'
-                      f'[[pool]]\nname = "m"\nsize = 1\nlabels = {{ {pool_labels} }}\n')
+                      f'[[pool]]\nname = "m"\nsize = 1\nlabels = {{ {pool_labels} }}\n'
+                      f'[[pool]]\nname = "c"\nsize = 10\nlabels = {{ {pool_labels}, "conc" = "1" }}\n')
     cold_labels = {**LABELS, "cold": "1"}  # not the pool's labels: made cold
     svc = start_service(tmp / "data", "--config", str(config))
     try:
@@ -110,10 +112,56 @@ def main() -> None:
               f"proxied p50 {pct(p, 50) * 1000:.2f} ms p99 {pct(p, 99) * 1000:.2f} ms  (n={args.echoes})")
         direct.close()
         client.delete(f"/v1/sandboxes/{sid}")
-        client.close()
+        def concurrent(body: dict[str, object], n: int = 10) -> tuple[float, list[float]]:
+            each: list[float] = []
+            ids: list[str] = []
+
+            def one() -> None:
+                with svc.client(svc.admin_token) as c:
+                    t = time.perf_counter()
+                    r = c.post("/v1/sandboxes", json=body)
+                    each.append(time.perf_counter() - t)
+                    ids.append(r.json()["id"])
+
+            threads = [threading.Thread(target=one) for _ in range(n)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            total = time.perf_counter() - t0
+            for sandbox_id in ids:
+                client.delete(f"/v1/sandboxes/{sandbox_id}")
+            return total, each
+
+        total, each = concurrent({"labels": cold_labels})
+        print(f"10 concurrent cold creates: all served in {total:.2f} s (slowest {max(each):.2f} s)")
+        while 'agentbox_pool_free{pool="c"} 10.0' not in client.get("/metrics").text:
+            time.sleep(0.2)
+        total, each = concurrent({"labels": {**LABELS, "conc": "1"}})
+        print(f"10 concurrent pooled creates: all served in {total * 1000:.0f} ms (slowest {max(each) * 1000:.0f} ms)")
+
+        latencies: list[float] = []
+
+        def lister() -> None:
+            with svc.client(svc.admin_token) as c:
+                for _ in range(20):
+                    t = time.perf_counter()
+                    c.get("/v1/sandboxes")
+                    latencies.append(time.perf_counter() - t)
+
+        threads = [threading.Thread(target=lister) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(f"GET /v1/sandboxes under 50 concurrent clients: p50 {pct(latencies, 50) * 1000:.1f} ms "
+              f"p99 {pct(latencies, 99) * 1000:.1f} ms (n={len(latencies)})")
+
         cpu0, _ = proc_stat(svc.proc.pid)
         time.sleep(args.idle)
         cpu1, rss = proc_stat(svc.proc.pid)
+        client.close()
         print(f"service idle: RSS {rss / 1e6:.1f} MB, CPU {100 * (cpu1 - cpu0) / args.idle:.2f} % of a core "
               f"over {args.idle:.0f} s")
     finally:
