@@ -100,10 +100,18 @@ def serve_cmd(
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])
     server = uvicorn.Server(
         # A bounded graceful shutdown: open event streams would otherwise hold it forever.
-        uvicorn.Config(create_app(settings), log_level=log_level, lifespan="on", ws="websockets-sansio",
+        uvicorn.Config(create_app(settings), log_level=log_level, lifespan="on", ws=_ws_implementation(),
                        timeout_graceful_shutdown=5)
     )
     server.run(sockets=[sock])
+
+
+def _ws_implementation() -> str:
+    """uvicorn's sans-I/O websockets protocol (uvicorn >= 0.35; the legacy one is deprecated by websockets)."""
+    import importlib.util
+
+    return "websockets-sansio" if importlib.util.find_spec("uvicorn.protocols.websockets.websockets_sansio_impl") \
+        else "websockets"
 
 
 def _store(data_dir: Path | None) -> Any:
