@@ -68,6 +68,8 @@ ADMIN_NAME = "admin"
 #: Printed on stderr once the service has reconciled and is about to serve.
 READY_PREFIX = "agentbox serve ready on "
 _CREATED = {("POST", "/v1/sandboxes"), ("POST", "/v1/tokens")}
+RUNTIME_PATH = "/v1/sandboxes/{id}/runtime/{path}"
+RUNTIME_ROUTE = "/v1/sandboxes/{id}/runtime/{path:path}"
 #: Seconds between keep-alive comments on a quiet event stream.
 KEEPALIVE = 15.0
 
@@ -372,6 +374,20 @@ def _openapi(api: TypedRouter) -> dict[str, Any]:
             if (method.upper(), path) in _CREATED:
                 op["responses"]["201"] = op["responses"].pop("200")
                 op["responses"]["201"]["description"] = "Created"
+    # The proxy is not a typed route: any method, any body, the runtime server's own answers.
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in ("id", "path")]
+    doc["paths"][RUNTIME_PATH] = {
+        method: {
+            "summary": "Forward to the sandbox's runtime server (its own API at {path}; SSE and WebSocket too).",
+            "operationId": f"runtime_{method}",
+            "parameters": params,
+            "security": [{"BearerToken": []}],
+            "responses": {
+                "default": {"description": "The runtime server's answer, or a service error (ErrorResponse)."}
+            },
+        }
+        for method in ("get", "post")
+    }
     return doc
 
 
@@ -484,12 +500,11 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         finally:
             svc.manager.lifecycle.end(target.sandbox_id)
 
-    runtime_path = "/v1/sandboxes/{id}/runtime/{path:path}"
     routes: list[Any] = [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route(runtime_path, runtime_http, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
-        WebSocketRoute(runtime_path, runtime_ws),
+        Route(RUNTIME_ROUTE, runtime_http, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+        WebSocketRoute(RUNTIME_ROUTE, runtime_ws),
     ]
     app = Starlette(
         routes=routes,
