@@ -13,7 +13,7 @@ from importlib import import_module
 from ._app import app
 
 # Each module registers its commands on `app` when imported; this order is the order of `--help`.
-for _module in ("sandboxes", "transfer", "images", "environment", "demo"):
+for _module in ("sandboxes", "transfer", "images", "environment", "demo", "service"):
     import_module(f"{__name__}.{_module}")
 
 __all__ = ["app", "main"]
