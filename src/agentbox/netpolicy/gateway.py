@@ -476,15 +476,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sandbox", required=True, help="the sandbox container's name")
     parser.add_argument("--server-port", type=int, required=True)
     parser.add_argument("--rule", action="append", default=[], help="an allow-list rule")
+    parser.add_argument("--open", action="store_true", help="allow every public destination")
     parser.add_argument("--sidecar-net", action="append", default=[], help="a subnet sidecars live on")
     parser.add_argument("--host-address", action="append", default=[], help="an address of the host")
     parser.add_argument("--host-port", action="append", type=int, default=[])
     parser.add_argument("--relay-dir", default="/relay")
     args = parser.parse_args(argv)
-    policy = Policy.from_texts(args.rule, args.sidecar_net, args.host_address)
+    policy = Policy.from_texts(args.rule, args.sidecar_net, args.host_address, open_public=args.open)
     claim(args.gateway, args.subnet)
     refuse_forwarding()
-    shown = ", ".join(str(r) for r in policy.rules) or "(nothing)"
+    shown = "every public destination" if args.open else ", ".join(str(r) for r in policy.rules) or "(nothing)"
     log(f"allow-list: {shown}; host ports: {', '.join(map(str, args.host_port)) or '(none)'}")
     gateway = Gateway(policy, address=args.gateway, sandbox=args.sandbox, server_port=args.server_port,
                       host_ports=args.host_port, relay_dir=args.relay_dir)

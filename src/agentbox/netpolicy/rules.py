@@ -217,16 +217,24 @@ class Policy:
     """
 
     rules: tuple[Rule, ...] = ()
+    open_public: bool = False
+    """Every public destination is allowed (``egress="open"`` behind a gateway, for ``host_ports``)."""
     sidecar_networks: tuple[IPNetwork, ...] = ()
     host_addresses: frozenset[IPAddress] = field(default_factory=frozenset)
 
     @classmethod
     def from_texts(
-        cls, rules: Iterable[str], sidecar_networks: Iterable[str] = (), host_addresses: Iterable[str] = ()
+        cls,
+        rules: Iterable[str],
+        sidecar_networks: Iterable[str] = (),
+        host_addresses: Iterable[str] = (),
+        *,
+        open_public: bool = False,
     ) -> Policy:
         """A policy from rule texts and address texts (the gateway's command line)."""
         return cls(
             rules=tuple(parse_rule(r) for r in rules),
+            open_public=open_public,
             sidecar_networks=tuple(ipaddress.ip_network(n, strict=False) for n in sidecar_networks),
             host_addresses=frozenset(ipaddress.ip_address(a) for a in host_addresses),
         )
@@ -234,6 +242,8 @@ class Policy:
     def name_rule(self, name: str, port: int | None) -> Rule | None:
         """The rule that lists ``name`` (on ``port``), if any."""
         name = name.lower().rstrip(".")
+        if self.open_public:
+            return Rule("suffix", name, None)
         for rule in self.rules:
             if not rule.port_ok(port):
                 continue
@@ -257,6 +267,9 @@ class Policy:
         rule = self.address_rule(ip, port)
         if rule is not None:
             return Decision(True, f"{ip} is listed ({rule})", str(ip))
+        public = ip.is_global and not ip.is_multicast and ip not in self.host_addresses
+        if name is None and self.open_public and public:
+            return Decision(True, f"{ip} is public (egress is open)", str(ip))
         if name is None:
             return Decision(False, f"{ip}{'' if port is None else f':{port}'} is not in the allow-list "
                             "(a name rule never allows a literal address)")
