@@ -76,7 +76,7 @@ def sidecars(
 
 
 def test_allow_list_sidecars_metadata_dns_and_tricks(sandboxes: Callable[..., Any], sidecars: dict[str, Any]) -> None:
-    (a, a_ip), (b, b_ip), (_c, c_ip) = sidecars["a"], sidecars["b"], sidecars["c"]
+    (a, a_ip), (b, _), (_c, c_ip) = sidecars["a"], sidecars["b"], sidecars["c"]
     sb = sandboxes(egress=[a, f"{c_ip}/32:8080"], additional_networks=[sidecars["net"]])
 
     # Listed by name, and by CIDR: reachable through the proxy the sandbox's environment names.
@@ -100,7 +100,7 @@ def test_allow_list_sidecars_metadata_dns_and_tricks(sandboxes: Callable[..., An
     # Host header != target (plain HTTP), and TLS SNI != CONNECT host.
     assert sb.run(CURL.format(args=f"-H 'Host: {b}' http://{a}:8080/")).output == "403"
     sni = sb.run(SNI_PROBE.format(target=f"{a}:8080", sni=b)).output
-    assert "200" in sni and "reply 0" in sni or "reply error" in sni, sni
+    assert "200" in sni and ("reply 0" in sni or "reply error" in sni), sni
     # The sandbox's log says what was refused and why.
     log = sb.logs()
     assert "egress gateway" in log

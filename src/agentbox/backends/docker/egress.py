@@ -3,10 +3,10 @@
 Per sandbox, all labelled ``agentbox.egress-for=<sandbox id>`` and removed with it (or by reap once
 the sandbox is gone):
 
-* network ``agentbox-egress-<id>``: a bridge without a host address (``inhibit_ipv4``) and without
-  masquerading. The sandbox joins only this one (plus the manager's control network, when agentbox
-  runs in a container); the gateway takes the network's gateway address, so it is the sandbox's only
-  next hop: nothing reaches the host or beyond except through it.
+* network ``zzz-agentbox-egress-<id>`` (:func:`network_name` says why the odd name): a bridge without
+  a host address (``inhibit_ipv4``) and without masquerading. The sandbox joins only this one (plus
+  the manager's control network, when agentbox runs in a container); the gateway takes the network's
+  gateway address, so it is the sandbox's only next hop: nothing reaches the host or beyond except through it.
 * container ``agentbox-egress-<id>``: the gateway (:mod:`agentbox.netpolicy.gateway`), from the
   sandbox's runtime image, on that network and on the networks the sandbox would have joined (the
   default one, ``network``, ``additional_networks``); it publishes the runtime server's port, which
@@ -54,6 +54,13 @@ NO_PROXY = "localhost,127.0.0.1,::1,host.docker.internal"
 def gateway_name(sandbox_id: str) -> str:
     """The gateway container's (and the network's and volume's) name."""
     return f"agentbox-egress-{sandbox_id}"
+
+
+def network_name(sandbox_id: str) -> str:
+    """The sandbox's gateway network. The engine (20.10) routes and publishes a container on several
+    bridges through the one whose *name sorts first*; the gateway must use its outside network for
+    both, never this one, so the name sorts after any ordinary network's."""
+    return f"zzz-agentbox-egress-{sandbox_id}"
 
 
 def host_addresses() -> list[str]:
@@ -160,18 +167,18 @@ class Egress:
         from docker.types import Mount
 
         api = self._api()
-        name = gateway_name(sandbox_id)
+        name, net_name = gateway_name(sandbox_id), network_name(sandbox_id)
         labels = {k: v for k, v in spec.labels if k not in IDENTITY_LABELS and k != LABEL_GATEWAY}
         labels.update({LABELS.MANAGED: "1", LABELS.ROLE: ROLE_EGRESS, LABEL_FOR: sandbox_id})
-        with engine_errors(f"creating the sandbox's egress network {name}"):
+        with engine_errors(f"creating the sandbox's egress network {net_name}"):
             api.create_network(
-                name, driver="bridge", labels=labels, check_duplicate=True,
+                net_name, driver="bridge", labels=labels, check_duplicate=True,
                 options={
                     "com.docker.network.bridge.inhibit_ipv4": "true",
                     "com.docker.network.bridge.enable_ip_masquerade": "false",
                 },
             )
-            ipam = (api.inspect_network(name).get("IPAM") or {}).get("Config") or [{}]
+            ipam = (api.inspect_network(net_name).get("IPAM") or {}).get("Config") or [{}]
         subnet, address = ipam[0]["Subnet"], ipam[0]["Gateway"]
         mounts = []
         if spec.host_ports:
@@ -204,12 +211,12 @@ class Egress:
             **_locked_down(cap_add=["NET_ADMIN", "NET_BIND_SERVICE"]),
         )
         self._run(name, spec.image, labels, command, host_config, "agentbox-egress ready",
-                  ports=[SERVER_PORT], connect=[*gateway_networks[1:], name])
+                  ports=[SERVER_PORT], connect=[*gateway_networks[1:], net_name])
         environment = dict(spec.environment)
         environment.update(_proxy_environment(address))
         return replace(
             spec,
-            networks=(name, *([control] if control else [])),
+            networks=(net_name, *([control] if control else [])),
             ports=(),
             dns=(address,),
             extra_hosts=(("host.docker.internal", address),) if spec.host_ports else (),
@@ -284,7 +291,7 @@ class Egress:
         for volume in (api.volumes(filters=selector) or {}).get("Volumes") or []:
             with contextlib.suppress(APIError):
                 api.remove_volume(volume["Name"], force=True)
-        return [n for n in joined if n != gateway_name(sandbox_id) and n != "host"]
+        return [n for n in joined if n != network_name(sandbox_id) and n != "host"]
 
     def reap(self, present: Container[str | None]) -> list[str]:
         """Tear down policies whose sandbox is not ``present`` (older than :data:`GRACE`); their ids."""
