@@ -31,6 +31,7 @@ __all__ = [
     "Decision",
     "Policy",
     "Rule",
+    "describe",
     "normalize_egress",
     "normalize_host_ports",
     "parse_rule",
@@ -182,6 +183,25 @@ def normalize_host_ports(value: object) -> list[int]:
             raise ValueError(f"port {port} is listed twice")
         ports.append(port)
     return ports
+
+
+def describe(egress: str | Sequence[str], host_ports: Sequence[int], *, network: str | None = None,
+             use_host_network: bool = False) -> str:
+    """The effective network policy in one sentence (``agentbox config``)."""
+    if use_host_network:
+        return "none: the sandbox shares the host's network (use_host_network)"
+    if network == "none":
+        return "no network at all: the sandbox reaches nothing (network = none)"
+    ports = ", ".join(f"host.docker.internal:{p}" for p in host_ports)
+    if egress == EGRESS_OPEN and not host_ports:
+        return "open: the sandbox reaches whatever its networks reach (no gateway)"
+    if egress == EGRESS_OPEN:
+        what = "every public destination through the egress gateway's proxy"
+    elif egress == EGRESS_NONE or not egress:
+        what = "nothing (only agentbox reaches the runtime server)"
+    else:
+        what = "only " + ", ".join(egress) + " through the egress gateway's proxy (HTTP(S)_PROXY)"
+    return f"{what}; everything else refused" + (f"; host ports at {ports}" if ports else "")
 
 
 @dataclass(frozen=True)
