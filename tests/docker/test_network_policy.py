@@ -77,7 +77,9 @@ def sidecars(
 
 def test_allow_list_sidecars_metadata_dns_and_tricks(sandboxes: Callable[..., Any], sidecars: dict[str, Any]) -> None:
     (a, a_ip), (b, _), (_c, c_ip) = sidecars["a"], sidecars["b"], sidecars["c"]
-    sb = sandboxes(egress=[a, f"{c_ip}/32:8080"], additional_networks=[sidecars["net"]])
+    net = sidecars["net"]
+    # Docker's DNS answers <container>.<network>: a dotted name we control, resolving to a private address.
+    sb = sandboxes(egress=[a, f"{c_ip}/32:8080", f"{b}.{net}"], additional_networks=[net])
 
     # Listed by name, and by CIDR: reachable through the proxy the sandbox's environment names.
     assert sb.run(CURL.format(args=f"http://{a}:8080/")).output == "200"
@@ -85,6 +87,10 @@ def test_allow_list_sidecars_metadata_dns_and_tricks(sandboxes: Callable[..., An
     # Not listed: refused by the gateway, with the reason.
     refused = sb.run(f"curl -sS -m 20 http://{b}:8080/")
     assert "not in the allow-list" in refused.output
+    # A listed (dotted) name that resolves to a private address: refused, also as a tunnel.
+    private = sb.run(f"curl -sS -m 20 http://{b}.{net}:8080/")
+    assert "(private)" in private.output, private.output
+    assert "403" in sb.run(f"curl -sS -m 20 -p http://{b}.{net}:8080/ 2>&1").output
     # The metadata address, through the proxy and directly.
     assert sb.run(CURL.format(args="http://169.254.169.254/latest/meta-data/")).output == "403"
     direct = sb.run(PROBE.format(host="169.254.169.254", port=80)).output
@@ -120,6 +126,28 @@ def test_egress_none_pause_resume_and_nothing_left(
     assert sb.run("echo still here").output.strip() == "still here"
     assert leftovers(docker_client, sb.id)
     sb.remove()
+    assert leftovers(docker_client, sb.id) == []
+
+
+def test_policy_holds_under_gvisor_and_across_reattach(
+    sandboxes: Callable[..., Any], sidecars: dict[str, Any], docker_client: Any
+) -> None:
+    from agentbox import Sandbox
+
+    if "runsc" not in (docker_client.info().get("Runtimes") or {}):
+        pytest.skip("runsc is not registered with this engine")
+    (a, _), (b, _) = sidecars["a"], sidecars["b"]
+    sb = sandboxes(egress=[a], additional_networks=[sidecars["net"]], runtime="runsc", keep_runtime_alive=True)
+    assert sb.run(CURL.format(args=f"http://{a}:8080/")).output == "200"
+    assert sb.run(CURL.format(args=f"http://{b}:8080/")).output == "403"
+    assert sb.run(PROBE.format(host="169.254.169.254", port=80)).output.startswith("FAIL")
+    sb.detach()
+    again = Sandbox.connect(sb.id)
+    try:
+        assert again.run(CURL.format(args=f"http://{a}:8080/")).output == "200"
+        assert again.run(CURL.format(args=f"http://{b}:8080/")).output == "403"
+    finally:
+        again.remove()
     assert leftovers(docker_client, sb.id) == []
 
 
