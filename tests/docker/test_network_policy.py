@@ -176,6 +176,16 @@ def test_host_ports_reach_exactly_the_listed_loopback_service(
     assert sb.run(CURL.format(args=f"-x '' http://host.docker.internal:{other}/")).output != "200"
 
 
+def test_host_ports_with_open_egress_still_refuse_the_host(
+    sandboxes: Callable[..., Any], host_services: tuple[int, int]
+) -> None:
+    listed, other = host_services
+    sb = sandboxes(host_ports=[listed])  # egress stays "open": public destinations through the proxy
+    assert sb.run(CURL.format(args=f"http://host.docker.internal:{listed}/")).output == "200"
+    assert sb.run(CURL.format(args="http://169.254.169.254/")).output == "403"
+    assert sb.run(PROBE.format(host="host.docker.internal", port=other)).output.startswith("FAIL")
+
+
 def test_host_ports_refused_without_a_network(sandboxes: Callable[..., Any]) -> None:
     with pytest.raises(ConfigError, match="host_ports needs a network"):
         sandboxes(network="none", host_ports=[8000])
