@@ -6,6 +6,8 @@ Against one local HTTP sidecar on a test network, from inside a sandbox:
 * ``connect_open_ms``: TCP connect + one HTTP GET, directly (``egress = "open"``);
 * ``connect_policy_ms``: the same through the gateway's proxy (``egress = [sidecar]``): the proxy's
   check, its own DNS lookup of the name, and the relayed connection;
+* ``echo_open_ms`` / ``echo_policy_ms``: an ``echo hi`` round trip from this process (with a policy,
+  the runtime server is reached through the gateway's relay);
 * ``start_open_s`` / ``start_policy_s``: create -> first command output, without and with a policy (the
   gateway container is made and started before the sandbox).
 
@@ -81,6 +83,12 @@ def run(json_path: str | None = None, connects: int = CONNECTS) -> dict[str, Any
                 result[f"start_{key}_s"] = round(time.perf_counter() - t, 3)
                 out = sb.run(MEASURE.format(n=connects, host=side), timeout=120).output
                 result[f"connect_{key}_ms"] = _summary(json.loads(out.strip().splitlines()[-1]))
+                echoes = []
+                for _ in range(connects):
+                    t = time.perf_counter()
+                    sb.run("echo hi")
+                    echoes.append((time.perf_counter() - t) * 1000)
+                result[f"echo_{key}_ms"] = _summary(echoes)
             finally:
                 sb.remove()
     finally:
