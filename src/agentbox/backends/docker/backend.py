@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
 from agentbox.backends.docker import lifecycle, reaping
-from agentbox.backends.docker.egress import Egress
+from agentbox.backends.docker.egress import LABEL_GATEWAY, Egress
 from agentbox.backends.docker.endpoints import Placement, choose_endpoint, placement_of
 from agentbox.backends.docker.errors import engine_errors
 from agentbox.backends.docker.networks import (
@@ -494,7 +494,7 @@ class DockerBackend(Backend):
         sandbox_id = labels.get(LABELS.SANDBOX)
         with engine_errors("removing the sandbox container"), contextlib.suppress(NotFound):
             self.api.remove_container(container_id, force=True, v=True)
-        if sandbox_id:
+        if sandbox_id and labels.get(LABEL_GATEWAY):
             # The gateway joined the sandbox's networks in its stead: a network made for the sandbox goes too.
             networks += self.egress.teardown(sandbox_id)
         for name in networks:
@@ -514,7 +514,7 @@ class DockerBackend(Backend):
             labels = (self._inspect(container_id).get("Config") or {}).get("Labels") or {}
             gateway = self.egress.logs(labels)
             if gateway:
-                text += f"--- egress gateway {labels.get('agentbox.egress-gateway')} ---\n{gateway}"
+                text += f"--- egress gateway {labels.get(LABEL_GATEWAY)} ---\n{gateway}"
         return text
 
     # -- finding -------------------------------------------------------------------------------------------
