@@ -116,6 +116,16 @@ class SandboxConfig(BaseModel):
         description="Extra existing Docker networks, joined before the first command (sidecars).",
         json_schema_extra=_form('a JSON list of network names, e.g. ["net1","net2"]'),
     )
+    egress: str | list[str] = Field(
+        "open",
+        description="What the sandbox may reach: open, none, or an allow-list (through agentbox's egress gateway).",
+        json_schema_extra=_form('open, none, or a list of rules, e.g. ["pypi.org","10.1.2.0/24:5432"]'),
+    )
+    host_ports: list[int] = Field(
+        default_factory=list,
+        description="Host ports reachable at host.docker.internal:PORT (relayed, also when bound to 127.0.0.1).",
+        json_schema_extra=_form("a list of TCP ports, e.g. [11434, 8000]"),
+    )
     timeout: float = Field(
         120.0,
         description="Default per-action timeout in seconds.",
@@ -225,6 +235,20 @@ class SandboxConfig(BaseModel):
                 raise ValueError("a network is listed twice")
             return names
         return value
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _egress(cls, value: Any) -> Any:
+        from agentbox.netpolicy.rules import normalize_egress
+
+        return normalize_egress(value)
+
+    @field_validator("host_ports", mode="before")
+    @classmethod
+    def _host_ports(cls, value: Any) -> Any:
+        from agentbox.netpolicy.rules import normalize_host_ports
+
+        return normalize_host_ports(value)
 
     @field_validator("timeout")
     @classmethod

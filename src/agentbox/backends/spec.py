@@ -137,9 +137,25 @@ class ContainerSpec:
     """Capabilities and no-new-privileges."""
     stop_timeout: int = 5
     """Seconds between SIGTERM and SIGKILL on stop."""
+    egress: tuple[str, ...] | None = None
+    """Network policy: None is open (no gateway unless ``host_ports``); otherwise the allow-list rules
+    (empty: nothing) enforced by an egress gateway the backend runs (:mod:`agentbox.netpolicy`)."""
+    host_ports: tuple[int, ...] = ()
+    """Host ports relayed to ``host.docker.internal`` (needs the egress gateway)."""
+    environment: tuple[tuple[str, str], ...] = ()
+    """Container environment (non-secret: the proxy variables of a policy sandbox)."""
+    dns: tuple[str, ...] = ()
+    """DNS servers (a policy sandbox's gateway)."""
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    """/etc/hosts entries (``host.docker.internal`` of a sandbox with host ports)."""
     socket_dir: str | None = None
     """Host directory bind-mounted at :data:`SOCKET_MOUNT`, where the server creates its Unix socket
     (``network_mode="none"``); None when the server listens on TCP."""
+
+    @property
+    def has_policy(self) -> bool:
+        """True when the backend must put the sandbox behind an egress gateway."""
+        return self.egress is not None or bool(self.host_ports)
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -177,6 +193,7 @@ def spec_from_config(
     """
     mounts = tuple(config.volumes)
     _check_mounts(mounts, allow_docker_socket)
+    egress, host_ports = _policy(config)
     if config.use_host_network:
         # No port mapping exists on the host network: the server binds the binding address itself, on a
         # port the kernel picks, which the ready line reports.
@@ -220,6 +237,8 @@ def spec_from_config(
         limits=limits,
         runtime=None if config.runtime == "runc" else config.runtime,
         security=security,
+        egress=egress,
+        host_ports=host_ports,
     )
 
 
@@ -242,6 +261,30 @@ def with_server_volume(spec: ContainerSpec, volume: str | None) -> ContainerSpec
             )
     server = Mount(source=volume, target=SERVER_DIR, read_only=True, kind="volume")
     return replace(spec, mounts=(*spec.mounts, server))
+
+
+def _policy(config: SandboxConfig) -> tuple[tuple[str, ...] | None, tuple[int, ...]]:
+    """The spec's ``egress`` and ``host_ports``; ConfigError for combinations that cannot hold."""
+    host_ports = tuple(config.host_ports)
+    egress = None if config.egress == "open" else () if config.egress == "none" else tuple(config.egress)
+    if config.use_host_network and (egress is not None or host_ports):
+        raise ConfigError(
+            "use_host_network runs the sandbox in the host's network namespace, where no egress policy or "
+            "host_ports can apply; drop use_host_network or egress/host_ports"
+        )
+    if config.network == "none":
+        if host_ports:
+            raise ConfigError(
+                'host_ports needs a network: network="none" has none, so host.docker.internal cannot be '
+                "reached; drop host_ports or choose a network"
+            )
+        if egress:
+            raise ConfigError(
+                f'network="none" reaches nothing, so the egress allow-list {list(egress)} cannot apply; '
+                'drop one of them (egress="none" with a network also reaches nothing but the runtime server)'
+            )
+        egress = None  # no network at all already is "none"
+    return egress, host_ports
 
 
 def unix_socket_spec(spec: ContainerSpec, socket_dir: str) -> ContainerSpec:
@@ -303,6 +346,12 @@ def to_docker_args(spec: ContainerSpec) -> dict[str, Any]:
             args["ports"] = {
                 f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) for p in spec.ports
             }
+    if spec.environment:
+        args["environment"] = dict(spec.environment)
+    if spec.dns:
+        args["dns"] = list(spec.dns)
+    if spec.extra_hosts:
+        args["extra_hosts"] = dict(spec.extra_hosts)
     if spec.limits.nano_cpus is not None:
         args["nano_cpus"] = spec.limits.nano_cpus
     if spec.limits.memory is not None:

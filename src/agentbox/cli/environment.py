@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agentbox.config import config_json, config_rows
+from agentbox.netpolicy.rules import describe
 
 from ._app import SETUP_PANEL, ConfigOpt, JsonOpt, command, err, out, print_json
 from ._options import resolve
@@ -28,6 +29,9 @@ def config_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     for key, value, source in config_rows(resolved):
         table.add_row(escape(key), escape(value), escape(source))
     out.print(table)
+    data = resolved.config
+    policy = describe(data.egress, data.host_ports, network=data.network, use_host_network=data.use_host_network)
+    out.print(f"network policy: {escape(policy)}")
     if resolved.config_file:
         out.print(f"config file: {escape(resolved.config_file)}")
     if resolved.ignored_env:

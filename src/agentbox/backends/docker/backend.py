@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
 from agentbox.backends.docker import lifecycle, reaping
+from agentbox.backends.docker.egress import LABEL_GATEWAY, Egress
 from agentbox.backends.docker.endpoints import Placement, choose_endpoint, placement_of
 from agentbox.backends.docker.errors import engine_errors
 from agentbox.backends.docker.networks import (
@@ -118,6 +119,7 @@ class DockerBackend(Backend):
         self._store = store or StateStore()
         self.sockets = SocketDirs(sockets or sockets_dir())
         self.networks = Networks(lambda: self.api)
+        self.egress = Egress(lambda: self.api)
         self.default_network = default_network
         self._images: OnceByKey[tuple[str | None, str], str] = OnceByKey()
         self._facts: OnceByKey[str, Any] = OnceByKey()  # manager detection, engine facts: asked once
@@ -298,6 +300,7 @@ class DockerBackend(Backend):
         placed = spec
         try:
             placed, networks = self._place(spec)
+            placed = self._behind_gateway(placed)
             try:
                 container_id = lifecycle.create_container(self.api, placed)
             except NetworkNotFoundError:
@@ -306,6 +309,7 @@ class DockerBackend(Backend):
                 # A shared network was removed behind our cache (e.g. by `agentbox reap`): make it again.
                 placed, more = self._place(spec)
                 networks += more
+                placed = self._behind_gateway(placed)
                 container_id = lifecycle.create_container(self.api, placed)
             for name in placed.networks[1:]:
                 with engine_errors(f"connecting the sandbox to network {name}"):
@@ -315,11 +319,22 @@ class DockerBackend(Backend):
             if container_id is not None:
                 with contextlib.suppress(Exception):
                     self.api.remove_container(container_id, force=True, v=True)
+            if spec.has_policy and LABELS.SANDBOX in spec.label_map:
+                with contextlib.suppress(Exception):
+                    self.egress.teardown(spec.label_map[LABELS.SANDBOX])
             for name in networks:
                 self.networks.release(name)
             remove_volumes(self.api, volumes)
             self.sockets.remove(placed.socket_dir, placed.label_map.get(LABELS.SANDBOX))
             raise
+
+    def _behind_gateway(self, placed: ContainerSpec) -> ContainerSpec:
+        """A sandbox with a network policy: its gateway made, and the sandbox on the gateway's network only."""
+        if not placed.has_policy or placed.network_mode != "bridge" or LABELS.SANDBOX not in placed.label_map:
+            return placed
+        control = self._control_network()
+        outside = [n for n in placed.networks if n != control]
+        return self.egress.setup(placed, gateway_networks=outside, control=control)
 
     def start(
         self, container_id: str, files: Mapping[str, tuple[bytes, int]], *, timeout: float, restart: bool = False
@@ -367,6 +382,9 @@ class DockerBackend(Backend):
                 attrs = self._inspect(container_id)  # ports are assigned at start: inspected too early
                 placement = placement_of(attrs)
             ready = (match.group(1).decode(), int(match.group(2)))
+            behind = self._gateway_endpoint((attrs.get("Config") or {}).get("Labels") or {})
+            if behind is not None:
+                return behind
             return choose_endpoint(placement, control_network=self._control_network(), ready=ready)
         raise lifecycle.start_failure(
             self.api, container_id, self.logs(container_id, tail=lifecycle.LOG_TAIL),
@@ -408,7 +426,16 @@ class DockerBackend(Backend):
         labels = (attrs.get("Config") or {}).get("Labels") or {}
         return self._endpoint(placement_of(attrs), labels)
 
+    def _gateway_endpoint(self, labels: Mapping[str, str]) -> Endpoint | None:
+        """A policy sandbox's server, through its gateway (unless a control network reaches it directly)."""
+        if self._control_network() is not None:
+            return None
+        return self.egress.server_endpoint(dict(labels))
+
     def _endpoint(self, placement: Placement, labels: Mapping[str, str]) -> Endpoint:
+        behind = self._gateway_endpoint(labels)
+        if behind is not None:
+            return behind
         record = None
         if labels.get(LABELS.SANDBOX):
             with contextlib.suppress(SandboxError):
@@ -467,6 +494,9 @@ class DockerBackend(Backend):
         sandbox_id = labels.get(LABELS.SANDBOX)
         with engine_errors("removing the sandbox container"), contextlib.suppress(NotFound):
             self.api.remove_container(container_id, force=True, v=True)
+        if sandbox_id and labels.get(LABEL_GATEWAY):
+            # The gateway joined the sandbox's networks in its stead: a network made for the sandbox goes too.
+            networks += self.egress.teardown(sandbox_id)
         for name in networks:
             self.networks.release(name)
         # After the container: its server can no longer create the socket again meanwhile.
@@ -478,7 +508,14 @@ class DockerBackend(Backend):
         """The container's stdout and stderr."""
         with engine_errors("reading the sandbox's log"):
             data = self.api.logs(container_id, stdout=True, stderr=True, tail="all" if tail is None else tail)
-        return bytes(data).decode("utf-8", errors="replace")
+        text = bytes(data).decode("utf-8", errors="replace")
+        if tail is None:
+            # A policy sandbox's refusals are logged by its gateway: they belong to the sandbox's log.
+            labels = (self._inspect(container_id).get("Config") or {}).get("Labels") or {}
+            gateway = self.egress.logs(labels)
+            if gateway:
+                text += f"--- egress gateway {labels.get(LABEL_GATEWAY)} ---\n{gateway}"
+        return text
 
     # -- finding -------------------------------------------------------------------------------------------
 

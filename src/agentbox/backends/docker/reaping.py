@@ -75,6 +75,7 @@ def reap(backend: DockerBackend, *, dry_run: bool = False, labels: Mapping[str, 
     if not dry_run:
         _forget_records(backend, host)
         backend.networks.reap_control(backend.container_running)
+        backend.egress.reap(backend.present_ids())
         entries = backend.sockets.candidates()
         if entries:
             backend.sockets.sweep(entries, backend.present_ids())
