@@ -276,11 +276,14 @@ class SwarmBackend(Backend):
     # -- placement -----------------------------------------------------------------------------------------
 
     def _constraints(self, spec: ContainerSpec) -> tuple[str, ...]:
-        """The configured constraints, plus a pin to a node that has every bind-mounted host path."""
+        """The configured constraints; without any, a pin to the least busy node (that has every
+        bind-mounted host path)."""
         constraints = list(self.settings.placement)
         binds = [m for m in spec.mounts if m.kind == "bind"]
-        if not binds or any(c.replace(" ", "").startswith(("node.hostname==", "node.id==")) for c in constraints):
-            return tuple(constraints)  # no host paths, or the operator chose the node
+        if (constraints and not binds) or any(
+            c.replace(" ", "").startswith(("node.hostname==", "node.id==")) for c in constraints
+        ):
+            return tuple(constraints)  # the operator's placement, or the operator chose the node
         nodes = [n for n in self.nodes().values() if n.state == "ready"]
 
         def provides(node: Node, path: str) -> bool:
@@ -295,7 +298,8 @@ class SwarmBackend(Backend):
                 f"(docker node update --label-add {PATHS_LABEL}=/path NODE) or add a placement constraint "
                 "node.hostname==NODE; or use a named volume, which works on any node"
             )
-        # Spread among the nodes that can: the one running the fewest sandboxes.
+        # Spread among the nodes that can: the one running the fewest sandboxes. Swarm's own spreading
+        # counts tasks per service first, and each sandbox is a service of its own: it stacks them.
         load = {n.id: 0 for n in able}
         for task in self._tasks().values():
             if task.node_id in load and task.desired == "running":
@@ -567,7 +571,8 @@ class SwarmBackend(Backend):
         if task is None:
             return SandboxState.STOPPED if replicas == 0 else SandboxState.STARTING
         node = nodes.get(task.node_id)
-        if task.desired == "running" and node is not None and node.state != "ready":
+        # The orchestrator marks a down node's task for shutdown at once; it still runs there, unreachable.
+        if replicas != 0 and node is not None and node.state != "ready":
             return SandboxState.LOST
         if replicas == 0 or task.desired != "running":
             return SandboxState.STOPPED
