@@ -136,10 +136,33 @@ class SandboxConfig(BaseModel):
         description="Keep the sandbox running when its handle is closed.",
         json_schema_extra=_form("true or false"),
     )
-    backend: Literal["docker"] = Field(
+    backend: Literal["docker", "swarm"] = Field(
         "docker",
-        description="Where sandboxes run: docker (one engine, found as the docker CLI finds it).",
-        json_schema_extra=_form("docker"),
+        description="Where sandboxes run: docker (one engine, found as the docker CLI finds it), or swarm "
+        "(a Docker Swarm whose manager is found the same way, or at swarm_manager).",
+        json_schema_extra=_form("docker or swarm"),
+    )
+    placement: list[str] = Field(
+        default_factory=list,
+        description="Swarm placement constraints of every sandbox, e.g. [\"node.labels.pool==agents\"].",
+        json_schema_extra=_form('a JSON list of Swarm constraints, e.g. ["node.role==worker"]'),
+    )
+    swarm_manager: str | None = Field(
+        None,
+        description="Engine URL of a Swarm manager; unset: DOCKER_HOST, as the docker CLI finds its engine.",
+        json_schema_extra=_form("an engine URL, e.g. unix:///var/run/docker.sock or tcp://host:2376"),
+    )
+    swarm_nodes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Engine URL of each Swarm node by hostname: session keys, pause, logs and image loads "
+        "go to the node that runs the sandbox.",
+        json_schema_extra=_form('a JSON object, e.g. {"node1": "tcp://10.0.0.11:2376"}'),
+    )
+    swarm_relay_address: str | None = Field(
+        None,
+        description="Address of the Swarm manager the relay publishes its one port on; unset: its swarm "
+        "address.",
+        json_schema_extra=_form("an IP address of the manager node"),
     )
     runtime: Literal["runc", "runsc"] = Field(
         "runc",
@@ -249,6 +272,37 @@ class SandboxConfig(BaseModel):
         from agentbox.netpolicy.rules import normalize_host_ports
 
         return normalize_host_ports(value)
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _placement(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return []
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("must be a JSON list of constraints") from None
+        if isinstance(value, list):
+            for item in value:
+                if not isinstance(item, str) or not any(op in item for op in ("==", "!=")):
+                    raise ValueError(f"{item!r} is not a Swarm constraint (e.g. node.hostname==node2)")
+            return [item.strip() for item in value]
+        return value
+
+    @field_validator("swarm_nodes", mode="before")
+    @classmethod
+    def _swarm_nodes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return {}
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("must be a JSON object of hostname to engine URL") from None
+        return value
 
     @field_validator("timeout")
     @classmethod

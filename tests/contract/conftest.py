@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import os
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -106,15 +109,111 @@ class DockerProbe(EngineProbe):
         self.client.close()
 
 
+class SwarmProbe(EngineProbe):
+    """A Docker Swarm: services, overlays and the manager's containers, volumes on every node."""
+
+    def __init__(self) -> None:
+        import docker
+
+        self.manager = docker.DockerClient(base_url=os.environ["SANDBOX_SWARM_MANAGER"])
+        urls = json.loads(os.environ["SANDBOX_SWARM_NODES"]).values()
+        self.nodes = [docker.DockerClient(base_url=url) for url in urls]
+
+    def _filters(self, labels: dict[str, str]) -> dict[str, list[str]]:
+        return {"label": [f"{k}={v}" for k, v in labels.items()]}
+
+    def leftovers(self, labels: dict[str, str]) -> list[str]:
+        api, filters = self.manager.api, self._filters(labels)
+        found = [f"service {s['Spec']['Name']}" for s in api.services(filters=filters)]
+        found += [f"network {n['Name']}" for n in api.networks(filters=filters)]
+        for node in self.nodes:
+            found += [f"container {c['Id'][:12]}" for c in node.api.containers(all=True, filters=filters)]
+            found += [f"volume {v['Name']}" for v in node.api.volumes(filters=filters).get("Volumes") or []]
+        return found
+
+    def create_network(self, name: str, labels: dict[str, str]) -> None:
+        self.manager.api.create_network(name, driver="overlay", attachable=True, labels=labels)
+
+    def sidecar(self, name: str, network: str, image: str, labels: dict[str, str]) -> None:
+        from docker.types import ContainerSpec, EndpointSpec, RestartPolicy, TaskTemplate
+
+        spec = ContainerSpec(image, command=["python3", "-u", "-m", "http.server", "8080"], user="nobody",
+                             workdir="/tmp", labels=labels, init=True)
+        self.manager.api.create_service(
+            TaskTemplate(spec, restart_policy=RestartPolicy(condition="none"), networks=[{"Target": network}]),
+            name=name, labels=labels, endpoint_spec=EndpointSpec(mode="dnsrr"),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # ready when it listens
+            for node in self.nodes:
+                for c in node.api.containers(filters={"label": f"com.docker.swarm.service.name={name}"}):
+                    if b"Serving HTTP" in node.api.logs(c["Id"]):
+                        return
+            time.sleep(0.1)
+        raise AssertionError(f"sidecar {name} did not start on the swarm")
+
+    def sweep(self, labels: dict[str, str]) -> None:
+        from docker.errors import APIError
+
+        api, filters = self.manager.api, self._filters(labels)
+        for svc in api.services(filters=filters):
+            with contextlib.suppress(APIError):
+                api.remove_service(svc["ID"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+            node.api.containers(all=True, filters=filters) for node in self.nodes
+        ):
+            time.sleep(0.2)
+        for n in api.networks(filters=filters):
+            with contextlib.suppress(APIError):
+                api.remove_network(n["Id"])
+        for node in self.nodes:
+            for v in node.api.volumes(filters=filters).get("Volumes") or []:
+                with contextlib.suppress(APIError):
+                    node.api.remove_volume(v["Name"])
+
+    def close(self) -> None:
+        self.manager.close()
+        for node in self.nodes:
+            node.close()
+
+
 #: Every backend the contract runs against, with the marker that says what it needs.
-BACKENDS = [pytest.param("docker", marks=pytest.mark.docker, id="docker")]
-PROBES: dict[str, Callable[[], EngineProbe]] = {"docker": DockerProbe}
+BACKENDS = [
+    pytest.param("docker", marks=pytest.mark.docker, id="docker"),
+    pytest.param("swarm", marks=pytest.mark.swarm, id="swarm"),
+]
+PROBES: dict[str, Callable[[], EngineProbe]] = {"docker": DockerProbe, "swarm": SwarmProbe}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "swarm: needs root and builds a three-node Docker Swarm (tests/swarm)")
+
+
+def swarm_cluster(request: pytest.FixtureRequest) -> Any:
+    """The three-node swarm of this test process (tests/swarm/swarm_cluster.py), with agentbox pointed at
+    it; a swarm that cannot come up fails the tests with the reason, never skips them."""
+    here = str(Path(__file__).resolve().parents[1] / "swarm")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import swarm_cluster as cluster_module
+
+    from agentbox.backends import get_backend
+    from agentbox.config import SandboxConfig
+
+    image = os.environ.get("AGENTBOX_TEST_IMAGE") or get_backend("docker").resolve_image(SandboxConfig())
+    try:
+        return cluster_module.shared(request.config.add_cleanup, [image])
+    except Exception as exc:
+        pytest.fail(f"the three-node swarm fixture did not come up: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend_name(request: pytest.FixtureRequest) -> str:
     """The backend under test."""
     name = str(request.param)
+    if name == "swarm":
+        swarm_cluster(request)
     if name == "docker":
         from agentbox.engine import engine_available
 

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: Every value the ``backend`` configuration key accepts.
-BACKENDS: tuple[str, ...] = ("docker",)
+BACKENDS: tuple[str, ...] = ("docker", "swarm")
 
 _instances: dict[str, Backend] = {}
 _lock = threading.Lock()
@@ -42,6 +42,10 @@ def get_backend(name: str = "docker") -> Backend:
                 from agentbox.backends.docker import DockerBackend
 
                 backend = DockerBackend()
+            elif name == "swarm":
+                from agentbox.backends.swarm import SwarmBackend
+
+                backend = SwarmBackend()
             else:
                 raise ConfigError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
             _instances[name] = backend

@@ -49,6 +49,8 @@ class SandboxState(str, enum.Enum):
     """The container and what agentbox created for it are gone."""
     CLOSED = "closed"
     """The handle let go and left the sandbox as it was (``detach()``, or ``close()`` with keep-alive)."""
+    LOST = "lost"
+    """Its node is down (Swarm): not restarted elsewhere; removing it removes its stale copy later."""
 
 
 @dataclass(frozen=True)

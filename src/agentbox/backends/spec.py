@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from agentbox.config import SandboxConfig
-from agentbox.errors import VolumeSpecError
+from agentbox.errors import ConfigError, VolumeSpecError
 from agentbox.hostpaths import check_bind_mounts
 from agentbox.volumes import Mount
 
