@@ -666,10 +666,10 @@ class ServerInfo(ResponseModel):
 __all__ += ["RawFileQuery", "RawWriteQuery"]
 
 
-class RawFileQuery(WireModel):
+class RawFileQuery(QueryModel):
     """Query parameters of ``GET /files/raw``: the body answered is the file's exact bytes."""
 
-    path: str = Field(description="A regular file; relative paths resolve against the session's cwd.")
+    path: PathText = Field(description="A regular file; relative paths resolve against the session's cwd.")
     session: SessionName = "default"
 
 

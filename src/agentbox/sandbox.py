@@ -362,9 +362,12 @@ class Sandbox:
 
     def _secret_files(self, config: SandboxConfig) -> dict[str, tuple[bytes, int]]:
         assert self._key is not None
-        files = {"session-key": (self._key.encode(), 0o600)}
+        # env.sh first: a container already waiting for its key (a restart) goes on as soon as the key
+        # is there, and the archive is written in this order.
+        files: dict[str, tuple[bytes, int]] = {}
         if config.env:
             files["env.sh"] = (_env_script(config.env), 0o600)
+        files["session-key"] = (self._key.encode(), 0o600)
         return files
 
     def _create_and_start(self) -> None:

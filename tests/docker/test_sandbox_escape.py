@@ -108,9 +108,6 @@ attempt touch-after 'touch /opt/agentbox/planted-after-umount'
 """
 
 
-# Until DockerBackend.create mounts the server volume (a one-line call in backends/docker.py, owned
-# elsewhere), every mode fails: remove this marker with that line (strict: it fails once they pass).
-@pytest.mark.xfail(strict=True, reason="needs DockerBackend.create to call with_server_volume(ensure_server_volume)")
 @pytest.mark.parametrize(
     ("settings", "prefix"),
     [

@@ -50,8 +50,8 @@ def test_sync_forwards(sandbox: Sandbox, tmp_path: Path, server: ServerProcess) 
     assert sandbox.download("up.txt", tmp_path / "down.txt") == str(tmp_path / "down.txt")
     assert (tmp_path / "down.txt").read_text() == "up"
     bg = sandbox.start_background("echo from-bg", env={"X": "1"})
-    assert sandbox.kill_background(bg.id).id == bg.id
     assert sandbox.read_background(bg.id, offset=0, max_bytes=100).id == bg.id
+    assert sandbox.kill_background(bg.id).id == bg.id
     sandbox.run(f"cd {server.work_dir}")
 
 

@@ -44,6 +44,14 @@ class LABELS:
     """Container id of the agentbox process that owns the sandbox, when that process runs in a container."""
     SOCKET_DIR = "agentbox.socket-dir"
     """Host directory of the server's Unix socket (``network="none"``)."""
+    SERVICE = "agentbox.service"
+    """The control plane (``agentbox serve``) that owns the sandbox."""
+    SERVICE_POOL = "agentbox.service-pool"
+    """The control plane's warm pool a sandbox waits in."""
+    EGRESS_FOR = "agentbox.egress-for"
+    """The sandbox an egress gateway, relay or policy network serves."""
+    EGRESS_GATEWAY = "agentbox.egress-gateway"
+    """On a sandbox: the container of its egress gateway."""
 
 
 #: Labels that say who a sandbox is and who owns it: set by agentbox only, never copied onto the networks
@@ -59,6 +67,9 @@ IDENTITY_LABELS = frozenset(
         LABELS.SERVER_PORT,
         LABELS.SOCKET_DIR,
         LABELS.MANAGER,
+        LABELS.SERVICE,
+        LABELS.SERVICE_POOL,
+        LABELS.EGRESS_GATEWAY,
     }
 )
 

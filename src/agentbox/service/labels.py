@@ -1,18 +1,16 @@
-"""The labels the service adds to what it creates, beside agentbox's own (:mod:`agentbox.backends.labels`).
-
-``agentbox.service`` is not (yet) one of agentbox's reserved keys, so the service refuses it in clients'
-labels itself (:func:`agentbox.service.policy.check_labels`); adding it to ``LABELS`` would make every
-creator refuse it.
-"""
+"""The labels the service adds to what it creates: agentbox's own reserved keys
+(:mod:`agentbox.backends.labels`), so no client can set them."""
 
 from __future__ import annotations
 
+from agentbox.backends.labels import LABELS
+
 __all__ = ["SERVICE", "SERVICE_LABELS", "SERVICE_POOL"]
 
-SERVICE = "agentbox.service"
+SERVICE = LABELS.SERVICE
 """The id of the service that owns the sandbox: it adopts these on start and removes those it has no record of."""
 
-SERVICE_POOL = "agentbox.service-pool"
+SERVICE_POOL = LABELS.SERVICE_POOL
 """On a warm pool's sandboxes: the pool it was made for."""
 
 SERVICE_LABELS = frozenset({SERVICE, SERVICE_POOL})

@@ -47,7 +47,7 @@ from agentbox.backends.docker.once import OnceByKey
 from agentbox.backends.docker.sockets import SocketDirs
 from agentbox.backends.docker.volumes import create_missing_volumes, remove_volumes, volumes_created_for
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
-from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, ContainerSpec
+from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, ContainerSpec, with_server_volume
 from agentbox.backends.state import StateStore, sockets_dir
 from agentbox.backends.workspace import unwritable_reason
 from agentbox.engine import docker_client
@@ -58,6 +58,7 @@ from agentbox.errors import (
     SandboxNotFoundError,
     SandboxStartError,
 )
+from agentbox.images.server_volume import ensure_server_volume
 from agentbox.volumes import workspace_mount
 
 if TYPE_CHECKING:
@@ -293,6 +294,8 @@ class DockerBackend(Backend):
 
     def create(self, spec: ContainerSpec) -> str:
         """Create the container (not started), joined to all its networks; nothing is left on failure."""
+        # The runtime server's own code, read-only in every mode (agentbox.images.server_volume).
+        spec = with_server_volume(spec, ensure_server_volume(self.client, spec.image))
         self._check_mounts_writable(spec)
         volumes = create_missing_volumes(self.api, spec)
         networks: list[str] = []

@@ -39,9 +39,9 @@ __all__ = ["LABEL_FOR", "LABEL_GATEWAY", "PROXY_PORT", "Egress", "gateway_name",
 log = logging.getLogger("agentbox.backends.docker")
 
 #: On everything made for a sandbox's policy: the sandbox id.
-LABEL_FOR = "agentbox.egress-for"
+LABEL_FOR = LABELS.EGRESS_FOR
 #: On the sandbox container: its gateway's container name (the server is reached through it).
-LABEL_GATEWAY = "agentbox.egress-gateway"
+LABEL_GATEWAY = LABELS.EGRESS_GATEWAY
 ROLE_EGRESS = "egress"
 PROXY_PORT = 3128
 PYTHON = "/opt/agentbox/venv/bin/python"
