@@ -15,7 +15,7 @@ from agentbox.errors import ConfigError
 from agentbox.service.app import bootstrap_admin, create_token
 from agentbox.service.auth import bearer, digest
 from agentbox.service.errors import ApiError
-from agentbox.service.models import SandboxSettings
+from agentbox.service.models import OPERATOR_ONLY, SandboxSettings
 from agentbox.service.policy import Policy, Quota, check_config, check_labels, check_quota
 from agentbox.service.settings import load_settings
 from agentbox.service.store import MIGRATIONS, SandboxRow, Store, Usage, utcnow
@@ -27,7 +27,8 @@ def _rule(exc: pytest.ExceptionInfo[ApiError]) -> str | None:
 
 
 def test_wire_config_has_every_sandbox_config_key() -> None:
-    assert set(SandboxSettings.model_fields) == set(FIELDS)
+    assert set(SandboxSettings.model_fields) | OPERATOR_ONLY == set(FIELDS)
+    assert not set(SandboxSettings.model_fields) & OPERATOR_ONLY
 
 
 def test_given_keeps_only_what_the_client_set() -> None:
@@ -189,3 +190,10 @@ def test_lifecycle_within_the_policy() -> None:
         with pytest.raises(ApiError) as exc:
             check_lifecycle(*args, policy)
         assert _rule(exc) == "lifecycle"
+
+
+def test_host_ports_only_from_the_allow_list() -> None:
+    with pytest.raises(ApiError) as exc:
+        check_config(SandboxConfig(host_ports=[11434]), [], Policy())
+    assert _rule(exc) == "host_ports"
+    check_config(SandboxConfig(host_ports=[11434]), [], Policy(host_ports=frozenset({11434})))

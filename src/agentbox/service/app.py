@@ -37,6 +37,7 @@ from agentbox.service.auth import Principal, bearer, digest, new_token
 from agentbox.service.errors import STATUS, ApiError, from_agentbox_error
 from agentbox.service.metrics import CONTENT_TYPE, Metrics
 from agentbox.service.models import (
+    OPERATOR_ONLY,
     AuditList,
     AuditOut,
     AuditQuery,
@@ -178,7 +179,7 @@ def _sandbox_out(row: SandboxRow) -> SandboxOut:
         owner=row.owner,
         state=row.state,  # type: ignore[arg-type]
         reason=row.reason,
-        config=SandboxSettings.model_validate(row.config),
+        config=SandboxSettings.model_validate({k: v for k, v in row.config.items() if k not in OPERATOR_ONLY}),
         labels=row.labels,
         created=row.created,
         last_activity=row.last_activity,

@@ -44,6 +44,10 @@ def _about(name: str) -> Any:
     return Field(None, description=SandboxConfig.model_fields[name].description)
 
 
+#: Configuration keys only the operator sets (the service's own ``[sandbox]``): where its engines are.
+OPERATOR_ONLY = frozenset({"swarm_manager", "swarm_nodes", "swarm_relay_address"})
+
+
 class SandboxSettings(WireModel):
     """A sandbox configuration: any SandboxConfig key; unset keys take the service's defaults."""
 
@@ -65,6 +69,9 @@ class SandboxSettings(WireModel):
     memory: int | str | None = _about("memory")
     pids_limit: int | None = _about("pids_limit")
     env: dict[str, str] | None = _about("env")
+    egress: str | list[str] | None = _about("egress")
+    host_ports: list[int] | None = _about("host_ports")
+    placement: list[str] | None = _about("placement")
 
     def given(self) -> dict[str, Any]:
         """The keys the client set (None counts as not set), ready for ``SandboxConfig.model_validate``."""

@@ -47,6 +47,8 @@ class Policy:
     """Seconds after creation before the service removes a sandbox: the default and the maximum."""
     allow_keep_alive: bool = False
     """Whether a create may exempt its sandbox from the idle timeout."""
+    host_ports: frozenset[int] = frozenset()
+    """Host ports a sandbox may reach through ``host_ports`` (none by default: they are host services)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ def check_config(config: SandboxConfig, raw_volumes: list[str], policy: Policy) 
     """
     if config.use_host_network:
         raise policy_denied("host_network", "use_host_network is not allowed through the service")
+    refused_ports = sorted(set(config.host_ports) - policy.host_ports)
+    if refused_ports:
+        allowed = ", ".join(str(p) for p in sorted(policy.host_ports)) or "none"
+        raise policy_denied(
+            "host_ports", f"host_ports {refused_ports} are not in the service's allow-list ({allowed})"
+        )
     for entry in raw_volumes:
         host = entry.strip().split(":", 1)[0]
         if host.startswith((".", "~")) or ("/" in host and not host.startswith("/")):

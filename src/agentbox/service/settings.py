@@ -13,6 +13,7 @@
     idle_timeout = 1800       # seconds without activity before a sandbox is paused (default and maximum)
     max_lifetime = 86400      # seconds after creation before it is removed (default and maximum)
     allow_keep_alive = false  # may a create exempt its sandbox from idle_timeout?
+    host_ports = [11434]   # host ports sandboxes may reach at host.docker.internal (none by default)
 
     [[pool]]                  # a warm pool: `size` ready sandboxes of this profile (no volumes)
     name = "default"
@@ -53,7 +54,10 @@ DEFAULT_PORT = 8473
 
 _TABLES = ("sandbox", "policy", "pool")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_POLICY_KEYS = ("networks", "volume_roots", "allow_named_volumes", "idle_timeout", "max_lifetime", "allow_keep_alive")
+_POLICY_KEYS = (
+    "networks", "volume_roots", "allow_named_volumes", "idle_timeout", "max_lifetime", "allow_keep_alive",
+    "host_ports",
+)
 
 
 def default_data_dir() -> Path:
@@ -153,6 +157,7 @@ def load_settings(
     roots = _roots(list(allow_volume_roots), "--allow-volume-root")
     networks: list[str] = []
     named = False
+    host_ports: list[int] = []
     keep = False
     lifecycle: dict[str, float | None] = {"idle_timeout": None, "max_lifetime": None}
     pools: tuple[PoolSpec, ...] = ()
@@ -182,6 +187,11 @@ def load_settings(
         roots += _roots(_str_list(policy.get("volume_roots", []), f"{path}: [policy] volume_roots"),
                         f"{path}: [policy] volume_roots")
         pools = _pools(data.get("pool", []), defaults, str(path))
+        host_ports = policy.get("host_ports", [])
+        if not isinstance(host_ports, list) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in host_ports
+        ):
+            raise ConfigError(f"{path}: [policy] host_ports must be a list of port numbers (1-65535)")
         named = policy.get("allow_named_volumes", False)
         keep = policy.get("allow_keep_alive", False)
         if not isinstance(named, bool) or not isinstance(keep, bool):
@@ -199,7 +209,8 @@ def load_settings(
         port=port,
         sandbox_defaults=defaults,
         policy=Policy(volume_roots=tuple(dict.fromkeys(roots)), networks=frozenset(networks),
-                      allow_named_volumes=named, allow_keep_alive=keep, **lifecycle),
+                      allow_named_volumes=named, allow_keep_alive=keep,
+                      host_ports=frozenset(host_ports), **lifecycle),
         backend=str(defaults.get("backend", "docker")),
         config_file=path,
         pools=pools,
