@@ -24,6 +24,7 @@ test: setup
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --explicit-package-bases --allow-untyped-defs tests
 
 run: setup
 	$(BIN)/agentbox demo

@@ -24,6 +24,7 @@ from agentbox.errors import (
     NotFoundError,
     SandboxError,
 )
+from agentbox.protocol import ErrorOutput, StreamOutput
 
 # ------------------------------------------------------------------------------------ auth and errors
 
@@ -382,11 +383,13 @@ def test_python_kernel_state_errors_images_timeout(client: RuntimeClient) -> Non
     shown = res.outputs[-1]
     assert shown.type == "display" and shown.png is not None and base64.b64decode(shown.png) == png
     res = client.run_python("import time\nprint('going', flush=True)\ntime.sleep(30)", timeout=1)
-    assert res.status == "timeout" and any(o.type == "stream" and "going" in o.text for o in res.outputs)
-    assert client.run_python("x").outputs[-1].text == "40"  # interrupted, not restarted
+    assert res.status == "timeout" and any(isinstance(o, StreamOutput) and "going" in o.text for o in res.outputs)
+    last = client.run_python("x").outputs[-1]
+    assert isinstance(last, StreamOutput) and last.text == "40"  # interrupted, not restarted
     client.restart_python()
     res = client.run_python("x")
-    assert res.status == "error" and res.outputs[-1].ename == "NameError"
+    error = res.outputs[-1]
+    assert res.status == "error" and isinstance(error, ErrorOutput) and error.ename == "NameError"
 
 
 def test_info_reports_usage(client: RuntimeClient, server: ServerProcess) -> None:

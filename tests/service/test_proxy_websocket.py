@@ -14,6 +14,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from agentbox.backends.base import Endpoint
 from agentbox.protocol import API_KEY_HEADER
@@ -67,7 +68,9 @@ async def proxied(upstream_port: int | None = None) -> AsyncIterator[str]:
 def test_websocket_messages_are_relayed_both_ways() -> None:
     async def scenario() -> None:
         async with proxied() as url, connect(
-            url + "/deep/path?x=1", subprotocols=["chat"], additional_headers={"Authorization": "Bearer secret"}
+            url + "/deep/path?x=1",
+            subprotocols=[Subprotocol("chat")],
+            additional_headers={"Authorization": "Bearer secret"},
         ) as ws:
             assert ws.subprotocol == "chat"
             # The echo app saw the session key, no client credentials, and the path and query as sent.

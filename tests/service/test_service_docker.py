@@ -10,7 +10,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -172,7 +172,7 @@ def test_policy_refusals_are_4xx_naming_the_rule(services: Services, service_con
             ({"config": {"bogus": 1}}, "config.bogus"),
             ({"config": {"runtime_container_image": "agentbox-no-such-image:never"}}, "agentbox-no-such-image"),
         ]:
-            r = admin.post("/v1/sandboxes", json={**body, "labels": labels})
+            r = admin.post("/v1/sandboxes", json={**cast(dict[str, Any], body), "labels": labels})
             assert 400 <= r.status_code < 500, (body, r.text)
             assert field in r.json()["error"]["message"], (body, r.text)
         r = admin.post("/v1/sandboxes", content=b"{not json", headers={"content-type": "application/json"})

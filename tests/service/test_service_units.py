@@ -188,7 +188,7 @@ def test_lifecycle_within_the_policy() -> None:
     assert check_lifecycle(None, None, False, Policy()) == (None, None, False)
     for args in ((61, None, False), (None, 601, False), (None, None, True)):
         with pytest.raises(ApiError) as exc:
-            check_lifecycle(*args, policy)
+            check_lifecycle(args[0], args[1], bool(args[2]), policy)
         assert _rule(exc) == "lifecycle"
 
 

@@ -28,17 +28,17 @@ def test_failed_pull_is_remembered_across_processes(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(base, "_failed_pulls", {})
     client = FakeClient()
-    first = base.pull_image(client, "example/img:1", lambda _m: None)  # type: ignore[arg-type]
+    first = base.pull_image(client, "example/img:1", lambda _m: None)
     assert first is not None and "no registry" in first and client.images.pulls == 1
     assert (tmp_path / "agentbox" / "failed-pulls.json").is_file()
 
     monkeypatch.setattr(base, "_failed_pulls", {})  # a new process: only the file remembers
-    assert base.pull_image(client, "example/img:1", lambda _m: None) == first  # type: ignore[arg-type]
+    assert base.pull_image(client, "example/img:1", lambda _m: None) == first
     assert client.images.pulls == 1
 
     later = base.time.time() + base.PULL_RETRY_SECONDS + 1
     monkeypatch.setattr(base.time, "time", lambda: later)
-    base.pull_image(client, "example/img:1", lambda _m: None)  # type: ignore[arg-type]
+    base.pull_image(client, "example/img:1", lambda _m: None)
     assert client.images.pulls == 2
 
 
@@ -48,6 +48,6 @@ def test_unwritable_cache_only_costs_a_pull(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     monkeypatch.setattr(base, "_failed_pulls", {})
     client = FakeClient()
-    assert base.pull_image(client, "example/img:2", lambda _m: None) is not None  # type: ignore[arg-type]
-    assert base.pull_image(client, "example/img:2", lambda _m: None) is not None  # type: ignore[arg-type]
+    assert base.pull_image(client, "example/img:2", lambda _m: None) is not None
+    assert base.pull_image(client, "example/img:2", lambda _m: None) is not None
     assert client.images.pulls == 1  # the in-process memory still holds

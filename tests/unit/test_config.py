@@ -178,7 +178,7 @@ class TestDeprecatedWorkspace:
 
 
 def test_model_direct_construction_parses_volumes() -> None:
-    config = SandboxConfig(volumes="/a:/workspace,cache:/c:ro")  # type: ignore[arg-type]
+    config = SandboxConfig(volumes="/a:/workspace,cache:/c:ro")
     assert [m.kind for m in config.volumes] == ["bind", "volume"]
     with pytest.raises(VolumeSpecError):
-        SandboxConfig(volumes=["/a:/w", "/b:/w"])  # type: ignore[list-item]
+        SandboxConfig(volumes=["/a:/w", "/b:/w"])

@@ -155,7 +155,7 @@ class PythonKernel:
             while reply.get("parent_header", {}).get("msg_id") != msg_id:
                 reply = await kc.get_shell_msg(timeout=_INTERRUPT_GRACE_S)
             count = reply["content"].get("execution_count")
-        return PythonResult(status=status, execution_count=count, outputs=outputs)  # type: ignore[arg-type]
+        return PythonResult(status=status, execution_count=count, outputs=outputs)
 
     async def restart(self) -> KernelStatus:
         """Throw the kernel (and all its state) away and start a fresh one."""

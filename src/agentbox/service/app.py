@@ -177,7 +177,7 @@ def _sandbox_out(row: SandboxRow) -> SandboxOut:
     return SandboxOut(
         id=row.id,
         owner=row.owner,
-        state=row.state,  # type: ignore[arg-type]
+        state=row.state,
         reason=row.reason,
         config=SandboxSettings.model_validate({k: v for k, v in row.config.items() if k not in OPERATOR_ONLY}),
         labels=row.labels,

@@ -531,7 +531,7 @@ class SandboxManager:
     def _emit(self, row: SandboxRow) -> None:
         if row.owner:  # a pool's sandboxes are nobody's business until taken
             self.events.publish(
-                SandboxEvent(id=row.id, owner=row.owner, state=row.state, reason=row.reason, at=utcnow())  # type: ignore[arg-type]
+                SandboxEvent(id=row.id, owner=row.owner, state=row.state, reason=row.reason, at=utcnow())
             )
 
     # -- the engine's events -------------------------------------------------------------------------------
