@@ -24,7 +24,7 @@ from agentbox.errors import (
     NotFoundError,
     SandboxError,
 )
-from agentbox.protocol import ErrorOutput, StreamOutput
+from agentbox.protocol import ErrorOutput, RichOutput, StreamOutput
 
 # ------------------------------------------------------------------------------------ auth and errors
 
@@ -385,7 +385,7 @@ def test_python_kernel_state_errors_images_timeout(client: RuntimeClient) -> Non
     res = client.run_python("import time\nprint('going', flush=True)\ntime.sleep(30)", timeout=1)
     assert res.status == "timeout" and any(isinstance(o, StreamOutput) and "going" in o.text for o in res.outputs)
     last = client.run_python("x").outputs[-1]
-    assert isinstance(last, StreamOutput) and last.text == "40"  # interrupted, not restarted
+    assert isinstance(last, (StreamOutput, RichOutput)) and last.text == "40"  # interrupted, not restarted
     client.restart_python()
     res = client.run_python("x")
     error = res.outputs[-1]

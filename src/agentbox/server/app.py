@@ -106,6 +106,7 @@ class Runtime:
         self.state_dir = ""
         self._own_state_dir = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._file_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.shells: ShellManager
         self.background: BackgroundManager
         self.kernel: PythonKernel
@@ -123,6 +124,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self._executor = _warm_executor(settings.worker_threads)
         loop.set_default_executor(self._executor)
+        self._file_pool = _warm_executor(fsio.FILE_THREADS, prefix="agentbox-files")
+        fsio.use_pool(self._file_pool)
         self.reaper.start(loop)
         self.shells = ShellManager(settings, self.reaper)
         self.background = BackgroundManager(settings.shell, self.state_dir, self.reaper, os.environ)
@@ -138,6 +141,8 @@ class Runtime:
         self.reaper.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        if self._file_pool is not None:
+            self._file_pool.shutdown(wait=False)
         if self._own_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -151,7 +156,7 @@ class Runtime:
         return check_directory(resolved, field)
 
 
-def _warm_executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+def _warm_executor(workers: int, *, prefix: str = "agentbox-worker") -> concurrent.futures.ThreadPoolExecutor:
     """A thread pool whose threads all exist before the first request.
 
     A thread is a task like a process: when a runaway command fills the sandbox's pids limit, a pool that
@@ -159,7 +164,7 @@ def _warm_executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     reused for the server's life (ThreadPoolExecutor never retires an idle thread), so the server keeps
     answering whatever the sandbox's processes do.
     """
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agentbox-worker")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix)
     barrier = threading.Barrier(workers + 1)
     for _ in range(workers):
         pool.submit(barrier.wait)  # each waits, so each submit finds no idle thread and starts one

@@ -56,13 +56,26 @@ CHUNK = 1 << 20
 _OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _TMP_SUFFIX = ".agentbox-tmp"
 
+#: Threads of the file I/O pool.
+FILE_THREADS = 16
 # Its own pool: file work cannot take the default executor's threads (the rest of the server uses them),
-# and since nothing here blocks without bound, file calls cannot starve each other either.
-_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agentbox-files")
+# and since nothing here blocks without bound, file calls cannot starve each other either. The server
+# hands in a pool whose threads already exist (use_pool): one started on demand cannot start a thread
+# once a runaway command fills the sandbox's pids limit.
+_POOL: ThreadPoolExecutor | None = None
+
+
+def use_pool(pool: ThreadPoolExecutor) -> None:
+    """Run file work on ``pool`` from now on (the server's pre-started one)."""
+    global _POOL
+    _POOL = pool
 
 
 async def run(fn: Callable[..., T], *args: object) -> T:
     """Run the blocking ``fn(*args)`` on the file I/O pool."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=FILE_THREADS, thread_name_prefix="agentbox-files")
     return await asyncio.get_running_loop().run_in_executor(_POOL, functools.partial(fn, *args))
 
 
