@@ -51,7 +51,7 @@ CA_ENV = (
 # docker SDK, typer or httpx, which the image's venv does not have, and leaving it out means editing it
 # does not change the content hash. The build imports the server, so a module missing here fails the
 # build, not the first sandbox.
-IMAGE_MODULES = ("__init__.py", "py.typed", "errors.py", "protocol.py", "server")
+IMAGE_MODULES = ("__init__.py", "py.typed", "_streams.py", "errors.py", "protocol.py", "server")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import IO, Any, TypeVar, cast
 
 from starlette.applications import Starlette
@@ -32,6 +32,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agentbox._streams import IterReader, iterate_from_thread, iterate_in_thread
 from agentbox.errors import ERROR_CODES, RuntimeServerError
 from agentbox.protocol import (
     API_KEY_HEADER,
@@ -332,7 +333,7 @@ def build_router(rt: Runtime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> T
         chunks = cmd.spool.chunks(_CHUNK)
         if not cmd.spool.on_disk:
             return Response(b"".join(chunks), media_type="application/octet-stream")
-        return StreamingResponse(_iterate_in_thread(chunks), media_type="application/octet-stream")
+        return StreamingResponse(iterate_in_thread(chunks), media_type="application/octet-stream")
 
     # ------------------------------------------------------------------ background commands
 
@@ -408,7 +409,7 @@ def build_router(rt: Runtime, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> T
         if query.format != "tar":
             size = await _receive_file(rt, path, request, mode=None, append=False)
             return UploadResult(path=path, bytes=size, files=1)
-        reader = cast(IO[bytes], _BodyReader(request.stream(), asyncio.get_running_loop()))
+        reader = cast(IO[bytes], IterReader(iterate_from_thread(request.stream(), asyncio.get_running_loop())))
         # Its own thread: it waits on the client between chunks and must not hold a pool worker meanwhile.
         return await _in_own_thread(rt.files.receive_tree, path, reader)
 
@@ -513,41 +514,6 @@ async def _in_own_thread(fn: Callable[..., T], *args: object) -> T:
     return await future
 
 
-class _BodyReader:
-    """A blocking ``read(size)`` over the request body stream, for a worker thread.
-
-    Each read pulls the next chunks from the event loop, so an upload of any size holds only about one
-    chunk in memory while the thread writes the previous one.
-    """
-
-    def __init__(self, stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
-        self._stream = stream
-        self._loop = loop
-        self._buf = bytearray()
-        self._eof = False
-
-    async def _next(self) -> bytes | None:
-        try:
-            return await self._stream.__anext__()
-        except StopAsyncIteration:
-            return None
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (all remaining if negative); b"" at the end."""
-        while not self._eof and (size < 0 or len(self._buf) < size):
-            chunk = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
-            if chunk is None:
-                self._eof = True
-            else:
-                self._buf += chunk
-        if size < 0 or size >= len(self._buf):
-            data, self._buf = bytes(self._buf), bytearray()
-        else:
-            data = bytes(self._buf[:size])
-            del self._buf[:size]
-        return data
-
-
 async def _tar_stream(rt: Runtime, path: str) -> AsyncIterator[bytes]:
     """A tar of ``path`` made in a worker thread and handed over through a small bounded queue."""
     loop = asyncio.get_running_loop()
@@ -578,11 +544,6 @@ async def _tar_stream(rt: Runtime, path: str) -> AsyncIterator[bytes]:
             queue.get_nowait()
         with contextlib.suppress(BrokenPipeError, RuntimeServerError):
             await task
-
-
-async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-        yield chunk
 
 
 def _version() -> str:
