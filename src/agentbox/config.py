@@ -62,6 +62,17 @@ _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _json_text(text: str, *, empty: Any, form: str) -> Any:
+    """A list- or table-valued setting given as text (an environment variable): JSON, blank = ``empty``."""
+    text = text.strip()
+    if not text:
+        return empty
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"must be {form}") from None
+
+
 def _form(text: str) -> dict[str, Any]:
     return {"form": text}
 
@@ -239,13 +250,7 @@ class SandboxConfig(BaseModel):
     @classmethod
     def _networks(cls, value: Any) -> Any:
         if isinstance(value, str):
-            text = value.strip()
-            if not text:
-                return []
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                raise ValueError("must be a JSON list of names") from None
+            value = _json_text(value, empty=[], form="a JSON list of names")
             if not isinstance(value, list):
                 raise ValueError("must be a JSON list of names")
         if isinstance(value, list):
@@ -277,13 +282,7 @@ class SandboxConfig(BaseModel):
     @classmethod
     def _placement(cls, value: Any) -> Any:
         if isinstance(value, str):
-            text = value.strip()
-            if not text:
-                return []
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                raise ValueError("must be a JSON list of constraints") from None
+            value = _json_text(value, empty=[], form="a JSON list of constraints")
         if isinstance(value, list):
             for item in value:
                 if not isinstance(item, str) or not any(op in item for op in ("==", "!=")):
@@ -295,13 +294,7 @@ class SandboxConfig(BaseModel):
     @classmethod
     def _swarm_nodes(cls, value: Any) -> Any:
         if isinstance(value, str):
-            text = value.strip()
-            if not text:
-                return {}
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                raise ValueError("must be a JSON object of hostname to engine URL") from None
+            value = _json_text(value, empty={}, form="a JSON object of hostname to engine URL")
         return value
 
     @field_validator("timeout")

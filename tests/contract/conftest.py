@@ -186,10 +186,6 @@ BACKENDS = [
 PROBES: dict[str, Callable[[], EngineProbe]] = {"docker": DockerProbe, "swarm": SwarmProbe}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "swarm: needs root and builds a three-node Docker Swarm (tests/swarm)")
-
-
 def swarm_cluster(request: pytest.FixtureRequest) -> Any:
     """The three-node swarm of this test process (tests/swarm/swarm_cluster.py), with agentbox pointed at
     it; a swarm that cannot come up fails the tests with the reason, never skips them."""

@@ -20,10 +20,6 @@ from agentbox.sandbox import Sandbox
 LABELS = {"agentbox.test": "1", "agentbox.test-session": uuid.uuid4().hex[:12]}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "swarm: needs root and builds a three-node Docker Swarm (tests/swarm)")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/swarm/" in str(item.fspath):

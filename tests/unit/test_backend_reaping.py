@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from agentbox.backends.base import SandboxInfo, SandboxState
-from agentbox.backends.docker.reaping import is_orphan
 from agentbox.backends.labels import LABELS
+from agentbox.backends.ownership import is_orphan
 from agentbox.engine import translate_errors
 from agentbox.errors import EngineUnavailableError, SandboxTimeoutError
 

@@ -143,6 +143,7 @@ class Runtime:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
         if self._file_pool is not None:
+            fsio.release_pool(self._file_pool)
             self._file_pool.shutdown(wait=False)
         if self._own_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)

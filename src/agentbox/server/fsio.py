@@ -71,6 +71,13 @@ def use_pool(pool: ThreadPoolExecutor) -> None:
     _POOL = pool
 
 
+def release_pool(pool: ThreadPoolExecutor) -> None:
+    """Stop using ``pool`` (being shut down) if it is the one in use; the next call makes a fresh one."""
+    global _POOL
+    if _POOL is pool:
+        _POOL = None
+
+
 async def run(fn: Callable[..., T], *args: object) -> T:
     """Run the blocking ``fn(*args)`` on the file I/O pool."""
     global _POOL

@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from agentbox.config import FIELDS, SandboxConfig, resolve_config
 from agentbox.errors import AgentboxError, ConfigError
+from agentbox.netpolicy.rules import normalize_host_ports
 from agentbox.service.policy import Policy
 
 if sys.version_info >= (3, 11):
@@ -187,11 +188,10 @@ def load_settings(
         roots += _roots(_str_list(policy.get("volume_roots", []), f"{path}: [policy] volume_roots"),
                         f"{path}: [policy] volume_roots")
         pools = _pools(data.get("pool", []), defaults, str(path))
-        host_ports = policy.get("host_ports", [])
-        if not isinstance(host_ports, list) or not all(
-            isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in host_ports
-        ):
-            raise ConfigError(f"{path}: [policy] host_ports must be a list of port numbers (1-65535)")
+        try:
+            host_ports = normalize_host_ports(policy.get("host_ports", []))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [policy] host_ports: {exc}") from None
         named = policy.get("allow_named_volumes", False)
         keep = policy.get("allow_keep_alive", False)
         if not isinstance(named, bool) or not isinstance(keep, bool):

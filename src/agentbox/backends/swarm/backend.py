@@ -24,7 +24,6 @@ import builtins
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,8 +37,8 @@ from agentbox.backends.docker import lifecycle
 from agentbox.backends.docker.errors import engine_errors
 from agentbox.backends.docker.networks import NetworkRef, resolve_network_name
 from agentbox.backends.docker.once import OnceByKey
-from agentbox.backends.docker.reaping import is_orphan, pid_alive
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
+from agentbox.backends.ownership import remove_orphans
 from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, SERVER_PORT, ContainerSpec
 from agentbox.backends.state import StateStore
 from agentbox.backends.swarm.relay import Relay, sandbox_path
@@ -642,14 +641,4 @@ class SwarmBackend(Backend):
 
     def reap(self, *, dry_run: bool = False, labels: Mapping[str, str] | None = None) -> builtins.list[str]:
         """Remove this host's sandboxes whose owner process is gone (keep-alive ones are kept)."""
-        host = socket.gethostname()
-        reaped = []
-        for info in self.list(labels=labels):
-            if not is_orphan(info, host=host, pid_alive=pid_alive, manager_running=lambda _c: True):
-                continue
-            reaped.append(info.id)
-            if not dry_run:
-                self.remove(info.container_id)
-                with contextlib.suppress(SandboxError):
-                    self.store.delete(info.id)
-        return reaped
+        return remove_orphans(self, dry_run=dry_run, labels=labels)
