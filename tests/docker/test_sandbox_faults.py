@@ -85,6 +85,24 @@ def test_a_timed_out_fork_bomb_leaves_nothing(sandboxes: Callable[..., Any], doc
     assert after.exit_code == 0 and after.output.splitlines()[-1] == "forked"
 
 
+def test_a_bare_fork_bomb_that_returns_at_once_is_ended(sandboxes: Callable[..., Any], docker_client: Any) -> None:
+    sb = sandboxes(pids_limit=128)
+    sb.run("sleep 600 &")  # a background job started on purpose: it must survive the bomb's end
+    result = sb.run(":(){ :|:& };:", timeout=30)
+    assert result.exit_code == 0 and not result.timed_out  # the shell is back at once; the bomb lives on
+    # The session watches the jobs a command left: the bomb's job outgrows half the pids limit and is
+    # killed with everything it forked, with no call from the client.
+    # (the bomb's processes are forks of the session's bash, with its command line)
+    _until(lambda: sum("--rcfile" in args for args in _processes(sb, docker_client)) == 1, "the bomb's end")
+    for i in range(3):
+        sb.write_file(f"/tmp/after-{i}.txt", "written after the bomb")
+        assert sb.read_file(f"/tmp/after-{i}.txt").content == "written after the bomb"
+    after = sb.run("/bin/echo forked; jobs -r", timeout=30)  # a real fork: pids are free again
+    assert after.exit_code == 0 and "forked" in after.output.splitlines(), after.output
+    assert "sleep 600" in after.output  # the deliberate job is still running
+    assert [args for args in _processes(sb, docker_client) if args == "sleep 600"]
+
+
 def test_the_server_answers_while_a_bomb_fills_the_pids_limit(
     sandboxes: Callable[..., Any], docker_client: Any
 ) -> None:

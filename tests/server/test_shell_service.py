@@ -105,6 +105,30 @@ def test_background_job_returns_at_once(aio, make_shells, tmp_path: Path) -> Non
     aio(main())
 
 
+def test_a_runaway_job_left_by_a_command_is_killed_and_other_jobs_live(
+    aio, make_shells, tmp_path: Path, session_pids, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fork bomb returns at once and grows in the background; here a job that forks 20 sleeps stands in
+    # for it, with the runaway size lowered to 8 processes (a real bomb is left to the docker tests).
+    monkeypatch.setattr("agentbox.server.shell._runaway_size", lambda: 8)
+
+    async def main() -> None:
+        async with make_shells(tmp_path) as m:
+            sh = m.get("default")
+            res = await sh.run(run("(for i in $(seq 20); do sleep 60 & done; wait) & sleep 60 & echo started"))
+            assert res.exit_code == 0 and "started" in res.output
+            bash = sh.info().pid
+            for _ in range(600):  # bounded wait for the watch (its first look comes within 50 ms)
+                if len(session_pids(bash)) <= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(session_pids(bash)) == 2, session_pids(bash)  # bash and the one-process job
+            jobs = (await sh.run(run("jobs -r | wc -l"))).output.splitlines()
+            assert jobs[0] == "1" and "Killed" in jobs[1], jobs  # bash's own job report says what happened
+
+    aio(main())
+
+
 def test_exit_restarts_session_and_kills_its_processes(aio, make_shells, tmp_path: Path, session_pids) -> None:
     async def main() -> None:
         async with make_shells(tmp_path) as m:

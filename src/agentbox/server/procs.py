@@ -13,6 +13,9 @@ Only a process that both left the session, lost its ancestry *and* scrubbed its 
 cgroup per lineage would close that hole but is rarely writable inside a container (cgroup v1, or a
 read-only v2 mount), so it is not relied on.
 
+Each job of an interactive shell is its own process group, and what a job forks stays in it (subshells
+have no job control), so a job a command left running can be watched, and killed, by its group alone.
+
 Killing freezes first: every member found is sent SIGSTOP and the scan repeats until it finds no new one,
 so a fork bomb cannot fork faster than it is killed (a stopped process cannot fork); then all get SIGKILL.
 Processes get ``oom_score_adj`` 1000 so the kernel's OOM killer picks sandbox work before the server.
@@ -33,17 +36,33 @@ import signal
 import subprocess
 import termios
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from agentbox.errors import BadRequestError, ConflictError, NotFoundError
 
-__all__ = ["LINEAGE_VAR", "ChildReaper", "Instant", "Lineage", "check_directory", "now", "spawn"]
+__all__ = ["LINEAGE_VAR", "ChildReaper", "Instant", "Lineage", "check_directory", "now", "pids_limit", "spawn"]
 
 #: The environment variable that marks every process of one lineage.
 LINEAGE_VAR = "AGENTBOX_LINEAGE"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Longest a kill waits for the killed to be gone (they die in milliseconds; this bounds a sick kernel).
 _KILL_WAIT_S = 2.0
+
+
+# Where the container's process limit is read: cgroup v2 (the container's own root), then v1.
+_PIDS_MAX_FILES = ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max")
+
+
+def pids_limit() -> int | None:
+    """The sandbox's process limit (its pids cgroup's ``pids.max``), or None when unlimited or unreadable."""
+    for path in _PIDS_MAX_FILES:
+        try:
+            with open(path, "rb") as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        return int(value) if value.isdigit() else None
+    return None
 
 
 def _raise_oom_score() -> None:
@@ -148,6 +167,7 @@ def now() -> Instant:
 class _Proc:
     pid: int
     ppid: int
+    pgrp: int
     sid: int
     start: int
 
@@ -170,7 +190,7 @@ def _scan() -> list[_Proc]:
         # The command name may contain spaces and parentheses: fields start after the last ')'.
         fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) > 19 and fields[0] not in (b"Z", b"X"):
-            procs.append(_Proc(int(name), int(fields[1]), int(fields[3]), int(fields[19])))
+            procs.append(_Proc(int(name), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19])))
     return procs
 
 
@@ -214,11 +234,23 @@ class Lineage:
         """``env`` plus this lineage's marker, for the root's spawn."""
         return {**env, LINEAGE_VAR: self.marker}
 
-    def members(self, since: Instant | None = None) -> set[int]:
-        """Live processes of this lineage (the root included), or only those started after ``since``."""
-        return set(self._members(since))
+    def members(self, since: Instant | None = None, groups: Collection[int] | None = None) -> set[int]:
+        """Live processes of this lineage (the root included), or only those started after ``since``, or
+        only those in the process groups ``groups``."""
+        return set(self._members(since, groups))
 
-    def _members(self, since: Instant | None) -> dict[int, _Proc]:
+    def group_sizes(self, groups: Collection[int]) -> dict[int, int]:
+        """How many live members each of ``groups`` has (groups with none are left out)."""
+        sizes: dict[int, int] = {}
+        for p in self._members(None, groups).values():
+            sizes[p.pgrp] = sizes.get(p.pgrp, 0) + 1
+        return sizes
+
+    def groups(self, since: Instant) -> set[int]:
+        """Process groups (jobs) of the members started after ``since``, the root's own group excluded."""
+        return {p.pgrp for p in self._members(since, None).values() if p.pgrp != self.root}
+
+    def _members(self, since: Instant | None, groups: Collection[int] | None = None) -> dict[int, _Proc]:
         if self.root is None:
             return {}
         procs = _scan()
@@ -237,17 +269,20 @@ class Lineage:
             todo.extend(children.get(p.pid, ()))
         if since is not None:
             found = {pid: p for pid, p in found.items() if since.precedes(p.start, pid) and pid != self.root}
+        if groups is not None:
+            found = {pid: p for pid, p in found.items() if p.pgrp in groups and pid != self.root}
         return found
 
-    def kill(self, since: Instant | None = None, *, rounds: int = 1000) -> int:
+    def kill(self, since: Instant | None = None, *, groups: Collection[int] | None = None, rounds: int = 1000) -> int:
         """Freeze (SIGSTOP) every member, rescanning until no new one appears, then SIGKILL them all.
 
         ``since``: only members started after it, the root excepted (a timed-out command's processes, not
-        the shell or what earlier commands left running). Returns how many processes were killed.
+        the shell or what earlier commands left running); ``groups``: only members in these process groups
+        (one runaway job, not the rest). Returns how many processes were killed.
         """
         frozen: set[int] = set()
         for _ in range(rounds):
-            new = {pid: p for pid, p in self._members(since).items() if pid not in frozen}
+            new = {pid: p for pid, p in self._members(since, groups).items() if pid not in frozen}
             if not new:
                 break
             for pid, p in new.items():

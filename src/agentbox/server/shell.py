@@ -34,7 +34,8 @@ import tempfile
 import termios
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any
 
 from agentbox.errors import BadRequestError, ConflictError, NotFoundError, RuntimeServerError
 from agentbox.protocol import (
@@ -48,7 +49,7 @@ from agentbox.protocol import (
     SessionInfo,
     StreamEnd,
 )
-from agentbox.server.procs import ChildReaper, Lineage, check_directory, now, spawn
+from agentbox.server.procs import ChildReaper, Lineage, check_directory, now, pids_limit, spawn
 from agentbox.server.settings import ServerSettings
 from agentbox.server.spool import RawSpool, TruncatingText
 
@@ -83,6 +84,24 @@ _READY_TIMEOUT_S = 15.0
 _STREAM_CHUNK = 256 * 1024
 # How long a command waits for the prompt bash prints after a SIGINT (it comes in milliseconds).
 _REPROMPT_WAIT_S = 2.0
+
+
+# Jobs a command leaves running (`server &`) are its business, but a fork bomb is one too: it returns at
+# once and fills the process limit from the background. So each job a command left is watched for a while
+# (the first look at once, then ever rarer) and killed, with everything it forked, if it grows past a
+# share of the sandbox's process limit: no deliberate background job forks half of it, a bomb does within
+# a second. After the watch a job is trusted; a session restart or close still ends it.
+_RUNAWAY_SHARE = 2  # a job with more than 1/2 of the process limit is a runaway
+_RUNAWAY_UNLIMITED = 1024  # the same without a process limit (the host's own limits are then at stake)
+_RUNAWAY_MIN = 16
+_WATCH_FIRST_S = 0.05
+_WATCH_EVERY_MAX_S = 2.0
+_WATCH_S = 60.0
+
+
+def _runaway_size() -> int:
+    limit = pids_limit()
+    return max(_RUNAWAY_MIN, limit // _RUNAWAY_SHARE) if limit else _RUNAWAY_UNLIMITED
 
 
 def _octal(data: bytes) -> str:
@@ -277,6 +296,8 @@ class ShellSession:
     def close(self) -> None:
         """Kill the shell and every process of its session."""
         self.closed = True
+        for task in self._tasks:
+            task.cancel()
         cmd = self._command
         if self._bash is not None:
             self._teardown(self._bash)
@@ -359,7 +380,30 @@ class ShellSession:
                 # Its foreground ended, but what it put in the background must not outlive it either;
                 # done before the result is out, so the next command cannot be caught in the sweep.
                 bash.lineage.kill(since=cmd.start)
+            elif jobs := bash.lineage.groups(since=cmd.start):
+                # Taken before the result is out, so the next command's jobs are not among them.
+                self._spawn_task(self._watch_jobs(bash, jobs))
             cmd.finish(exit_code, cwd)
+
+    async def _watch_jobs(self, bash: _Bash, jobs: set[int]) -> None:
+        """Kill any of ``jobs`` (process groups a command left running) that grows into a runaway."""
+        size = _runaway_size()
+        delay = _WATCH_FIRST_S
+        end = time.monotonic() + _WATCH_S
+        while jobs and time.monotonic() < end:
+            await asyncio.sleep(delay)
+            if bash.closed:
+                return
+            sizes = bash.lineage.group_sizes(jobs)
+            if runaways := {group for group, n in sizes.items() if n > size}:
+                bash.lineage.kill(groups=runaways)
+            jobs = set(sizes) - runaways
+            delay = min(delay * 2, _WATCH_EVERY_MAX_S)
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_bash_exit(self, bash: _Bash, status: int) -> None:
         if bash.closed:
@@ -542,9 +586,7 @@ class ShellSession:
             raise ConflictError(f"the shell of session {self.name!r} is gone: {exc.strerror}") from None
 
     def _on_deadline(self, cmd: ShellCommand) -> None:
-        task = asyncio.ensure_future(self._stop(cmd, timed_out=True))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn_task(self._stop(cmd, timed_out=True))
 
     async def _stop(self, cmd: ShellCommand, *, timed_out: bool) -> None:
         if not cmd.running:
