@@ -129,6 +129,23 @@ def test_a_runaway_job_left_by_a_command_is_killed_and_other_jobs_live(
     aio(main())
 
 
+def test_a_command_cut_off_by_server_shutdown_says_so(aio, make_shells, tmp_path: Path) -> None:
+    # At SIGTERM uvicorn cancels the requests still running once its grace ends: that was a bare 500.
+    async def main() -> None:
+        async with make_shells(tmp_path) as m:
+            sh = m.get("default")
+            task = asyncio.ensure_future(sh.run(run("sleep 60")))
+            for _ in range(200):  # bounded wait until the command runs
+                if sh.busy:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(ConflictError, match="server is stopping"):
+                await task
+
+    aio(main())
+
+
 def test_exit_restarts_session_and_kills_its_processes(aio, make_shells, tmp_path: Path, session_pids) -> None:
     async def main() -> None:
         async with make_shells(tmp_path) as m:

@@ -479,7 +479,16 @@ class ShellSession:
     async def run(self, req: RunCommand) -> CommandResult:
         """Run a command; return when it ends, at its no-output timeout, or after its hard timeout."""
         cmd = await self._begin(req)
-        await self._wait(cmd, None, req.no_output_timeout)
+        try:
+            await self._wait(cmd, None, req.no_output_timeout)
+        except asyncio.CancelledError:
+            # The HTTP server cancels what still runs when its shutdown grace ends (SIGTERM: the sandbox is
+            # being stopped or restarted, e.g. by an engine restart). Left alone that is a bare 500; the
+            # caller is owed what happened. The command itself ends with the session at shutdown.
+            raise ConflictError(
+                f"the runtime server is stopping (its sandbox is being stopped or restarted): command {cmd.id} "
+                f"({cmd.text[:80]!r}) in session {self.name!r} ends with it"
+            ) from None
         return cmd.take_result(self.cwd, req.max_output_chars or self._settings.max_output_chars)
 
     async def stream(self, req: RunCommand) -> AsyncIterator[OutputChunk | StreamEnd]:
