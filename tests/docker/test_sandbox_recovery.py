@@ -2,7 +2,7 @@
 
 Faults made here: the server killed inside the container, ``docker restart`` of the container, the shared
 default network removed between two starts. An engine (dockerd) restart is not made here: the engine is
-shared with other processes; see the note at the end of this module for how that test is run.
+shared with other processes; test_dockerd_restart.py makes it on a private engine of its own.
 """
 
 from __future__ import annotations
@@ -139,12 +139,4 @@ def test_a_stopped_sandbox_whose_network_was_removed_starts_again(
         sb.remove()
 
 
-# How to test an engine restart (not run here: it would kill every other process's sandboxes).
-# Start a second dockerd of its own, e.g.
-#   dockerd --data-root /tmp/abx-dd/data --exec-root /tmp/abx-dd/exec --pidfile /tmp/abx-dd/pid \
-#           --host unix:///tmp/abx-dd/docker.sock --bridge none --iptables=false
-# (the runtime image loaded into it with `docker save | DOCKER_HOST=... docker load`), point the test at it with
-# DOCKER_HOST=unix:///tmp/abx-dd/docker.sock, start a sandbox, run a command in a thread that sleeps 30 s,
-# then SIGTERM that dockerd and start it again with the same arguments. Expected: the in-flight call raises
-# SandboxError ("lost the connection..."), engine calls meanwhile raise EngineUnavailableError, and after
-# the engine is back `sb.start()` recovers the sandbox (another published port, key delivered again).
+# The engine (dockerd) restart is tested in test_dockerd_restart.py, on a private dockerd (opt-in).
