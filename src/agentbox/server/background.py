@@ -167,3 +167,5 @@ class BackgroundManager:
         """Kill every command and what it started (server shutdown)."""
         for bg in self._commands.values():
             bg.lineage.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                bg.proc.wait(timeout=2)  # reaped now: the loop may close before the reaper's callback

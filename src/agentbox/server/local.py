@@ -41,6 +41,8 @@ class LocalServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # the ready-line pipe: unclosed, it is a ResourceWarning at collection
 
 
 def start_local_server(
@@ -69,5 +71,6 @@ def start_local_server(
     if not lines or not lines[0].startswith(READY_LINE_PREFIX):
         proc.kill()
         proc.wait()
+        stdout.close()
         raise RuntimeError(f"agentbox-server did not print its ready line: {lines!r}")
     return LocalServer(proc, lines[0].strip()[len(READY_LINE_PREFIX) :], work_dir)

@@ -30,6 +30,7 @@ import shlex
 import shutil
 import signal
 import struct
+import subprocess
 import tempfile
 import termios
 import time
@@ -80,6 +81,8 @@ _SESSION_ENV = {
 }
 
 _READY_TIMEOUT_S = 15.0
+# How long a torn-down session waits to reap its killed bash (it is dead already: bounds a sick kernel).
+_REAP_WAIT_S = 2.0
 # Largest piece of output one stream event carries.
 _STREAM_CHUNK = 256 * 1024
 # How long a command waits for the prompt bash prints after a SIGINT (it comes in milliseconds).
@@ -185,8 +188,11 @@ class ShellCommand:
 class _Bash:
     """One bash process on one PTY (a session restarts by replacing it)."""
 
-    def __init__(self, proc_pid: int, master: int, nonce: bytes, directory: str, lineage: Lineage) -> None:
-        self.pid = proc_pid
+    def __init__(
+        self, proc: subprocess.Popen[bytes], master: int, nonce: bytes, directory: str, lineage: Lineage
+    ) -> None:
+        self.proc = proc
+        self.pid = proc.pid
         self.lineage = lineage
         self.master = master
         self.directory = directory
@@ -274,7 +280,7 @@ class ShellSession:
             os.close(slave)
         os.set_blocking(master, False)
         lineage.root = proc.pid
-        bash = _Bash(proc.pid, master, nonce, directory, lineage)
+        bash = _Bash(proc, master, nonce, directory, lineage)
         loop.add_reader(master, self._on_readable, bash)
         self._reaper.watch(proc, lambda status: self._on_bash_exit(bash, status))
         self.cwd = cwd
@@ -288,6 +294,9 @@ class ShellSession:
         loop.remove_reader(bash.master)
         os.close(bash.master)
         bash.lineage.kill()
+        # Reaped here, not only by the reaper's callback: at shutdown the loop may close before it runs.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            bash.proc.wait(timeout=_REAP_WAIT_S)
         shutil.rmtree(bash.directory, ignore_errors=True)
         if not bash.ready.done():
             bash.ready.set_exception(RuntimeServerError(f"bash of session {self.name!r} ended during startup"))
