@@ -7,9 +7,17 @@ calls :func:`run`. Measures, in one run and against one runtime image:
   ``starts`` sequential starts, next to the floor: a bare ``docker run --rm --entrypoint true IMAGE``
   of the same image, measured in the same run; plus where a start's time goes (engine calls, the
   server's boot from container start to its ready line, the first command);
+* teardown (``Sandbox.remove``) next to its floor, ``docker rm -f`` of a running container of the image;
+* a cold start phase by phase: the engine's create and start calls, container start -> entrypoint,
+  entrypoint + interpreter start, imports, app and shell, the ready line reaching the host, the first
+  command (from the server's phases line, see ``agentbox.server.__main__``);
 * N sandboxes started concurrently: total time and memory per sandbox (the container's cgroup usage
-  minus page cache, from ``docker stats``);
-* the idle CPU of one sandbox over a few seconds (cgroup CPU time), and its memory.
+  minus page cache, from ``docker stats``), next to N x (``docker run -d`` + ``docker exec``) at once;
+* 10 MB of command output, whole (the result, then its full output), next to ``docker exec`` of the
+  same command into a pipe;
+* the first streamed chunk in a new sandbox, and in the same sandbox afterwards;
+* the idle CPU of one sandbox over a few seconds (cgroup CPU time), its memory, and the server's RSS
+  before and after 50 MB up and down.
 
 Everything it creates is labelled ``agentbox.test=1`` and removed.
 """
@@ -23,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +45,8 @@ from agentbox.sandbox import Sandbox
 
 LABELS = {"agentbox.test": "1", "agentbox.bench": "1"}
 IDLE_SECONDS = 5.0
+OUTPUT_10MB = "head -c 10000000 /dev/zero | tr '\\0' x"
+PHASES_PREFIX = "agentbox-server phases: "
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -85,14 +96,31 @@ def _parse_ts(text: str) -> float:
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
 
 
-def _server_boot(backend: DockerBackend, container_id: str) -> float | None:
-    """Seconds from the container's start (engine clock) to the ready line's log timestamp."""
+def _server_boot(backend: DockerBackend, container_id: str) -> dict[str, float]:
+    """Where a container's start went, in seconds, from the engine's clock and the server's phases line.
+
+    ``to_entrypoint``: container started (engine) -> the entrypoint process forked; ``entrypoint``: ->
+    the server's main module runs (the entrypoint's shell, setpriv, the interpreter's own start);
+    ``imports``, ``app`` (app built, uvicorn imported), ``lifespan`` (pools, the default shell) -> ready;
+    ``boot``: container started -> ready line, by the log's own timestamp.
+    """
     attrs = backend.api.inspect_container(container_id)
+    started = _parse_ts(attrs["State"]["StartedAt"])
     raw = backend.api.logs(container_id, timestamps=True).decode(errors="replace")
+    out: dict[str, float] = {}
     for line in raw.splitlines():
-        if "agentbox-server ready on" in line:
-            return _parse_ts(line.split(" ", 1)[0]) - _parse_ts(attrs["State"]["StartedAt"])
-    return None
+        stamp, _, text = line.partition(" ")
+        if text.startswith(PHASES_PREFIX):
+            marks = {k: float(v) for k, v in (p.split("=", 1) for p in text[len(PHASES_PREFIX):].split())}
+            out["to_entrypoint"] = marks["start"] - started
+            previous = 0.0
+            for name, phase in (("main", "entrypoint"), ("imports", "imports"), ("app", "app"), ("ready", "lifespan")):
+                if name in marks:
+                    out[phase] = (marks[name] - previous) / 1000
+                    previous = marks[name]
+        elif "agentbox-server ready on" in text:
+            out["boot"] = _parse_ts(stamp) - started
+    return out
 
 
 def bare_docker_run(image: str, runs: int) -> list[float]:
@@ -111,12 +139,67 @@ def bare_docker_run(image: str, runs: int) -> list[float]:
     return times
 
 
+def _docker(*args: str) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"docker {args[0]} failed: {done.stderr.decode(errors='replace')[-300:]}")
+    return done.stdout.decode().strip()
+
+
+def _idle_container(image: str) -> str:
+    """A running container of ``image`` doing nothing (the floors' subject), labelled for cleanup."""
+    return _docker("run", "-d", "--label", "agentbox.test=1", "--label", "agentbox.bench=1",
+                   "--entrypoint", "sleep", image, "infinity")
+
+
+def bare_docker_rm(image: str, runs: int) -> list[float]:
+    """Seconds for ``docker rm -f`` of a running container of ``image``: the floor of a teardown."""
+    times = []
+    for _ in range(runs):
+        cid = _idle_container(image)
+        t = time.perf_counter()
+        _docker("rm", "-f", cid)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def bare_concurrent(image: str, count: int) -> float:
+    """Seconds for ``count`` x (``docker run -d`` + ``docker exec echo hi``) at once: the concurrent floor."""
+    made: list[str] = []
+
+    def one(_: int) -> None:
+        cid = _idle_container(image)
+        made.append(cid)
+        assert _docker("exec", cid, "echo", "hi") == "hi"
+
+    try:
+        t = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            list(pool.map(one, range(count)))
+        return time.perf_counter() - t
+    finally:
+        if made:
+            _docker("rm", "-f", *made)
+
+
+def bare_exec_10mb(container_id: str, runs: int) -> list[float]:
+    """Seconds for ``docker exec`` of the 10 MB output command into a pipe here: the 10 MB floor."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        done = subprocess.run(["docker", "exec", container_id, "sh", "-c", OUTPUT_10MB], capture_output=True)
+        times.append(time.perf_counter() - t)
+        assert len(done.stdout) == 10_000_000, done.stderr[-300:]
+    return times
+
+
 def measure_starts(image: str, starts: int, backend: DockerBackend) -> dict[str, Any]:
-    """create -> first output over ``starts`` sequential sandboxes, with a per-phase breakdown."""
+    """create -> first output over ``starts`` sequential sandboxes, with a per-phase breakdown; teardowns."""
     totals: list[float] = []
     ready: list[float] = []
     first: list[float] = []
-    boots: list[float] = []
+    teardowns: list[float] = []
+    boots: dict[str, list[float]] = {}
     phases: dict[str, list[float]] = {}
     for i in range(starts + 1):
         calls: dict[str, float] = {}
@@ -137,16 +220,20 @@ def measure_starts(image: str, starts: int, backend: DockerBackend) -> dict[str,
             for name, seconds in calls.items():
                 phases.setdefault(name, []).append(seconds)
             assert sb.container_id is not None
-            boot = _server_boot(backend, sb.container_id)
-            if boot is not None:
-                boots.append(boot)
+            for name, seconds in _server_boot(backend, sb.container_id).items():
+                boots.setdefault(name, []).append(seconds)
         finally:
+            t = time.perf_counter()
             sb.remove()
+            if i:
+                teardowns.append(time.perf_counter() - t)
     breakdown = {name: statistics.median(values) for name, values in phases.items()}
-    breakdown["server_boot_to_ready_line"] = statistics.median(boots) if boots else float("nan")
+    for name, values in boots.items():
+        breakdown[f"server_{name}"] = statistics.median(values)
     breakdown["start_to_ready"] = statistics.median(ready)
     breakdown["first_command"] = statistics.median(first)
-    return {"create_to_first_output_s": _summary(totals), "breakdown_p50_s": breakdown}
+    return {"create_to_first_output_s": _summary(totals), "breakdown_p50_s": breakdown,
+            "teardown_s": _summary(teardowns)}
 
 
 def _memory_mb(stats: dict[str, Any]) -> float:
@@ -171,6 +258,8 @@ def measure_concurrent(image: str, count: int, backend: DockerBackend) -> dict[s
         return time.perf_counter() - t
 
     try:
+        # The floor only at the issue's level (10): at 50 it would double the bench's longest step.
+        floor = bare_concurrent(image, count) if count <= 10 else None
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=count) as pool:
             each = list(pool.map(lambda _: one(), range(count)))
@@ -183,6 +272,7 @@ def measure_concurrent(image: str, count: int, backend: DockerBackend) -> dict[s
             "total_s": total,
             "per_sandbox_s": _summary(each),
             "memory_per_sandbox_mb": statistics.median(memory),
+            "floor_docker_run_exec_s": floor,
         }
     finally:
         with ThreadPoolExecutor(max_workers=min(count, 16)) as pool:
@@ -194,8 +284,40 @@ def _cpu_ns(backend: DockerBackend, container_id: str) -> int:
     return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
 
 
+def _server_rss_mb(sb: Sandbox) -> float | None:
+    rss = sb.client.info().server.rss_bytes
+    return rss / 2**20 if rss else None
+
+
+def measure_stream_and_output(image: str, backend: DockerBackend, runs: int = 3) -> dict[str, Any]:
+    """First streamed chunk in a new sandbox (and later), and 10 MB of output whole next to docker exec."""
+    firsts: list[float] = []
+    laters: list[float] = []
+    whole: list[float] = []
+    floor: list[float] = []
+    for _ in range(runs):
+        with Sandbox(runtime_container_image=image, labels=LABELS, backend=backend) as sb:
+            for into in (firsts, laters, laters):
+                t = time.perf_counter()
+                events = sb.stream("echo hi")
+                next(iter(events))
+                into.append(time.perf_counter() - t)
+                for _event in events:  # to its end: the session is free for the next command
+                    pass
+            t = time.perf_counter()
+            res = sb.run(OUTPUT_10MB)
+            text = sb.client.command_output(res.command_id)
+            whole.append(time.perf_counter() - t)
+            assert len(text) == 10_000_000, len(text)
+            assert sb.container_id is not None
+            floor += bare_exec_10mb(sb.container_id, 1)
+    return {"first_stream_chunk_s": _summary(firsts), "later_stream_chunk_s": _summary(laters),
+            "output_10mb_whole_s": _summary(whole), "docker_exec_10mb_floor_s": _summary(floor)}
+
+
 def measure_idle(image: str, backend: DockerBackend, seconds: float = IDLE_SECONDS) -> dict[str, Any]:
-    """CPU of one idle sandbox (after one command) over ``seconds``, and its memory."""
+    """CPU of one idle sandbox (after one command) over ``seconds``, its memory, and the server's RSS
+    growth after 50 MB up and down (then idle memory once more)."""
     with Sandbox(runtime_container_image=image, labels=LABELS, backend=backend) as sb:
         sb.run("echo warm")
         assert sb.container_id is not None
@@ -203,11 +325,22 @@ def measure_idle(image: str, backend: DockerBackend, seconds: float = IDLE_SECON
         time.sleep(seconds)  # measuring idleness is the one thing a sleep is for
         c1, t1 = _cpu_ns(backend, sb.container_id), time.perf_counter()
         stats = backend.api.stats(sb.container_id, stream=False, one_shot=True)
-        rss = sb.run("ps -o rss= -p $(pgrep -f 'agentbox.server' | head -1)").output.strip()
+        rss_idle = _server_rss_mb(sb)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "50mb.bin"
+            src.write_bytes(os.urandom(50 << 20))
+            for _ in range(2):
+                sb.upload(src, "bench-50mb.bin")
+                sb.download("bench-50mb.bin", Path(tmp) / "back.bin")
+            sb.run("rm -f bench-50mb.bin")
+        rss_after = _server_rss_mb(sb)
+        after = backend.api.stats(sb.container_id, stream=False, one_shot=True)
     return {
         "idle_cpu_percent": (c1 - c0) / 1e9 / (t1 - t0) * 100,
         "sandbox_memory_mb": _memory_mb(stats),
-        "server_rss_mb": int(rss.split()[-1]) / 1024 if rss.split() and rss.split()[-1].isdigit() else None,
+        "sandbox_memory_after_transfers_mb": _memory_mb(after),
+        "server_rss_mb": rss_idle,
+        "server_rss_after_transfers_mb": rss_after,
     }
 
 
@@ -220,7 +353,9 @@ def run(json_path: str | None = None, starts: int = 10, concurrent: tuple[int, .
         result: dict[str, Any] = {"image": image, "starts": starts}
         floor = bare_docker_run(image, max(5, starts // 2))
         result["docker_run_floor_s"] = _summary(floor)
+        result["docker_rm_floor_s"] = _summary(bare_docker_rm(image, max(5, starts // 2)))
         result.update(measure_starts(image, starts, backend))
+        result.update(measure_stream_and_output(image, backend))
         for count in concurrent:
             result[f"concurrent_{count}"] = measure_concurrent(image, count, backend)
         result.update(measure_idle(image, backend))

@@ -4,10 +4,17 @@ The session API key comes from a file (``--api-key-file``, optionally deleted af
 the Docker backend hands it over after the container starts) or from the first line of stdin; never from
 the environment or the command line, where ``docker inspect`` and ``ps`` would show it. Once the socket
 accepts connections the server prints exactly one line, ``agentbox-server ready on http://HOST:PORT`` (or
-``agentbox-server ready on unix:PATH`` with ``--uds PATH``).
+``agentbox-server ready on unix:PATH`` with ``--uds PATH``). Just before it, on stderr, it prints where its
+start went (``agentbox-server phases: start=EPOCH main=MS imports=MS app=MS ready=MS``, offsets from the process
+start; see :func:`phases_line`), which ``make bench`` reads to break a cold start down.
 """
 
 from __future__ import annotations
+
+# ruff: noqa: E402 - the clock is read before the other imports: they are the phases line's "imports"
+import time
+
+_MAIN_AT = time.time()
 
 import argparse
 import asyncio
@@ -20,13 +27,15 @@ import sys
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from agentbox.protocol import READY_LINE_PREFIX
-
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import uvicorn
     from starlette.types import ASGIApp
 
-__all__ = ["main"]
+__all__ = ["PHASES_PREFIX", "main", "phases_line", "process_start"]
+
+PHASES_PREFIX = "agentbox-server phases: "
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,6 +101,34 @@ def _listen_unix(path: str) -> socket.socket:
     return sock
 
 
+def process_start() -> float | None:
+    """This process's start (the Unix time of its fork, 10 ms resolution), or None where /proc cannot say.
+
+    In a sandbox the server is exec'ed by the entrypoint (tini forks it; sh, then setpriv, exec in turn),
+    so this is when the entrypoint began. /proc/stat's btime is whole seconds, too coarse: the age is
+    taken against CLOCK_BOOTTIME instead, the clock the start tick counts on.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            # Field 22 is starttime; counted after the ")" closing the command name (which may hold blanks).
+            ticks = int(f.read().rpartition(")")[2].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return time.time() - age
+
+
+def phases_line(start: float | None, marks: dict[str, float]) -> str:
+    """``agentbox-server phases: start=EPOCH main=MS ...``: each mark as milliseconds after ``start``.
+
+    Without a process start (no /proc), the offsets count from the main module's first line instead
+    (``main=0``).
+    """
+    origin = start if start is not None else marks.get("main", 0.0)
+    parts = [f"start={origin:.3f}"] + [f"{name}={(at - origin) * 1000:.1f}" for name, at in marks.items()]
+    return PHASES_PREFIX + " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, start the server, and serve until SIGTERM/SIGINT."""
     args = _parse_args(argv)
@@ -121,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     # built: tens of milliseconds of startup (more in a big image) for plugins the server never uses.
     plugins_env = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
     os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+    from agentbox.protocol import READY_LINE_PREFIX
     from agentbox.server.app import create_app
     from agentbox.server.settings import ServerSettings
+
+    marks = {"main": _MAIN_AT, "imports": time.time()}
+
+    def phases() -> str:
+        return phases_line(process_start(), {**marks, "ready": time.time()})
 
     settings = ServerSettings(
         api_key=api_key,
@@ -136,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         host = f"[{args.host}]" if ":" in args.host else args.host
         ready = f"{READY_LINE_PREFIX}http://{host}:{settings.port}"
-    server = _make_server(create_app(settings), ready)
+    # "app": the app built and uvicorn imported; "ready": its lifespan ran (pools, the default shell).
+    server = _make_server(create_app(settings), ready, phases)
+    marks["app"] = time.time()
     if plugins_env is None:  # sandbox processes inherit this environment: leave it as it was
         del os.environ["PYDANTIC_DISABLE_PLUGINS"]
     else:
@@ -145,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _make_server(app: ASGIApp, ready_line: str) -> uvicorn.Server:
+def _make_server(app: ASGIApp, ready_line: str, phases: Callable[[], str]) -> uvicorn.Server:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -157,6 +202,7 @@ def _make_server(app: ASGIApp, ready_line: str) -> uvicorn.Server:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if not self.should_exit:
+                print(phases(), file=sys.stderr, flush=True)
                 # Only now do the listeners run; the Docker backend waits for this exact line.
                 print(ready_line, flush=True)
 
@@ -183,6 +229,8 @@ def _make_server(app: ASGIApp, ready_line: str) -> uvicorn.Server:
         server_header=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
+        # The API has no WebSocket route: "auto" would import the websockets package at every start.
+        ws="none",
     )
     return Server(config)
 

@@ -28,7 +28,7 @@ from typing import IO, Any, TypeVar, cast
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -83,6 +83,7 @@ from agentbox.server.procs import ChildReaper, check_directory
 from agentbox.server.routing import DEFAULT_MAX_BODY_BYTES, TypedRouter, json_response
 from agentbox.server.settings import ServerSettings
 from agentbox.server.shell import ShellManager
+from agentbox.server.streaming import StreamingResponse
 
 __all__ = ["Runtime", "create_app"]
 
