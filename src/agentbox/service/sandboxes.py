@@ -157,8 +157,13 @@ class SandboxManager:
         return row
 
     async def list(self, who: Principal) -> list[SandboxRow]:
-        """Every record ``who`` may see (all of them for an admin)."""
-        return await self.store.run(self.store.sandboxes, None if who.admin else who.name)
+        """Every record ``who`` may see (all of them for an admin). Read-only: the same list object is
+        returned until a record changes (callers may cache what they derive from it by identity)."""
+        owner = None if who.admin else who.name
+        rows = self.store.cached_listing(owner)
+        if rows is None:
+            rows = await self.store.run(self.store.listing, owner)
+        return rows
 
     # -- create --------------------------------------------------------------------------------------------
 
