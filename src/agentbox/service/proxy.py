@@ -50,6 +50,8 @@ _DROP_RESPONSE = frozenset(
 #: Bodies up to this size are read whole and sent in one write (the common case: a JSON command).
 _SMALL_BODY = 1 << 20
 _READ = 1 << 16
+#: Idle kept-alive connections kept per sandbox (more concurrent requests open more, closed after).
+_IDLE_PER_SANDBOX = 32
 
 
 def parse_port(raw: str) -> int:
@@ -71,6 +73,9 @@ class RuntimeProxy:
         self._ssl: ssl.SSLContext | None = None
         self._tcp: httpx.AsyncClient | None = None
         self._uds: dict[str, tuple[str, httpx.AsyncClient]] = {}
+        # Idle kept-alive connections of the h11 path, per runtime server address (URL or socket path).
+        self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._addresses: dict[str, str] = {}
 
     def _new_client(self, transport_args: dict[str, Any]) -> httpx.AsyncClient:
         if self._ssl is None:
@@ -106,9 +111,16 @@ class RuntimeProxy:
         known = self._uds.pop(sandbox_id, None)
         if known is not None:
             await known[1].aclose()
+        address = self._addresses.pop(sandbox_id, None)
+        for _reader, writer in self._idle.pop(address, []) if address is not None else []:
+            writer.close()
 
     async def aclose(self) -> None:
         """Close every connection."""
+        for idle in self._idle.values():
+            for _reader, writer in idle:
+                writer.close()
+        self._idle.clear()
         for sandbox_id in list(self._uds):
             await self.drop(sandbox_id)
         if self._tcp is not None:
@@ -138,6 +150,9 @@ class RuntimeProxy:
             content = await request.body()
         else:
             content = request.stream()
+        if isinstance(content, bytes):
+            target_path = "/" + path.lstrip("/") + ("?" + query if query else "")
+            return await self._forward_small(request.method, target, target_path, headers, content, on_done)
         upstream_request = client.build_request(request.method, url, headers=headers, content=content)
         try:
             upstream = await client.send(upstream_request, stream=True)
@@ -182,6 +197,126 @@ class RuntimeProxy:
         # The background task covers a client gone before the first chunk (the generator never ran).
         return StreamingResponse(relay(), status_code=upstream.status_code, headers=out_headers,
                                  background=BackgroundTask(finish))
+
+    async def _forward_small(
+        self, method: str, target: Target, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
+        on_done: Callable[[], None],
+    ) -> Response:
+        """The common case (a request whose body is in memory) over a kept-alive HTTP/1.1 connection of our
+        own, spoken with h11: httpx spent ~0.8 ms of CPU per request on its own machinery, more than the
+        whole runtime server takes to answer ``echo``. The answer streams back like httpx's would."""
+        ep = target.endpoint
+        address = ep.uds or ep.url
+        self._addresses[target.sandbox_id] = address
+        head = [*headers, (b"host", b"sandbox")]
+        for attempt in (0, 1):
+            idle = self._idle.get(address)
+            reused = bool(idle)
+            reader, writer = idle.pop() if idle else await self._connect(target)
+            conn = h11.Connection(h11.CLIENT)
+            received = False
+            try:
+                data = conn.send(h11.Request(method=method, target=path.encode(), headers=head))
+                writer.write(data + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()) if body
+                             else data + conn.send(h11.EndOfMessage()))
+                await writer.drain()
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        chunk = await reader.read(_READ)
+                        received = received or bool(chunk)
+                        conn.receive_data(chunk)
+                        continue
+                    if isinstance(event, h11.InformationalResponse):
+                        continue
+                    break
+            except (OSError, h11.ProtocolError) as exc:
+                writer.close()
+                # A kept-alive connection the server closed meanwhile: nothing of ours was processed.
+                if reused and not received and attempt == 0:
+                    continue
+                raise ApiError(
+                    "sandbox_unreachable", f"sandbox {target.sandbox_id}: its runtime server did not answer ({exc!r})"
+                ) from None
+            break
+        assert isinstance(event, h11.Response)
+        status = event.status_code
+        out_headers = [(k, v) for k, v in event.headers if k.decode("latin-1") not in _DROP_RESPONSE]
+
+        async def events() -> AsyncIterator[bytes]:
+            """The body, then the connection back to the pool if it can carry another request."""
+            try:
+                while True:
+                    ev = conn.next_event()
+                    if ev is h11.NEED_DATA:
+                        conn.receive_data(await reader.read(_READ))
+                    elif isinstance(ev, h11.Data):
+                        yield bytes(ev.data)
+                    elif isinstance(ev, h11.EndOfMessage):
+                        break
+                    else:
+                        raise h11.RemoteProtocolError("connection closed mid-answer")
+            except BaseException:
+                writer.close()
+                raise
+            idle = self._idle.setdefault(address, [])
+            if (conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[0]
+                    and len(idle) < _IDLE_PER_SANDBOX):
+                idle.append((reader, writer))
+            else:
+                writer.close()
+
+        size = dict(event.headers).get(b"content-length", b"")
+        if size.isdigit() and int(size) <= _SMALL_BODY:
+            try:
+                content = b"".join([chunk async for chunk in events()])
+            except (OSError, h11.ProtocolError) as exc:
+                raise ApiError("sandbox_unreachable",
+                               f"sandbox {target.sandbox_id}: its runtime server broke off ({exc!r})") from None
+            finally:
+                on_done()
+            code = dict(event.headers).get(PORT_ERROR_HEADER.encode())
+            if code is not None:
+                return _port_error(status, code.decode(), content)
+            response = Response(content, status_code=status)
+            response.raw_headers = out_headers
+            return response
+
+        done = False
+
+        def finish() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                on_done()
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                with contextlib.suppress(OSError, h11.ProtocolError):  # cut: the client sees the body end
+                    async for chunk in events():
+                        yield chunk
+            finally:
+                finish()
+
+        response = StreamingResponse(relay(), status_code=status, background=BackgroundTask(finish))
+        response.raw_headers = out_headers
+        return response
+
+    async def _connect(self, target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        ep = target.endpoint
+        try:
+            if ep.uds is not None:
+                return await asyncio.open_unix_connection(ep.uds)
+            url = urlsplit(ep.url)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 80), 10)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ApiError(
+                "sandbox_unreachable", f"sandbox {target.sandbox_id}: its runtime server did not answer ({exc!r})"
+            ) from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # else Nagle and delayed ACK hold a write for ~40 ms
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
 
     async def forward_websocket(self, websocket: WebSocket, target: Target, path: str) -> None:
         """Relay a WebSocket to ``path`` on the target's server, both ways, until either side closes."""
