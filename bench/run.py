@@ -63,6 +63,7 @@ COMPONENTS = (
     Component("images", "bench_images.py", repeats=2, timeout_s=240),
     Component("netpolicy", "bench_netpolicy.py", repeats=1, timeout_s=150),
     Component("swarm", "bench_swarm.py", repeats=1, timeout_s=300),
+    Component("service", "bench_service.py", repeats=1, timeout_s=300),
 )
 # `make stress` (``--only stress``): not part of the default run, it loads the machine for minutes.
 STRESS = Component("stress", "bench_stress.py", {"sandboxes": 20, "commands": 100}, repeats=1, timeout_s=500)
@@ -381,6 +382,35 @@ def build_rows(results: Mapping[str, ComponentResult], floors: Mapping[str, Any]
                          floor_note="docker service create", missing=why_swarm))
     rows.append(make_row("swarm: plain docker run on a node → answering", "s",
                          across(swarm, "docker_run_to_answering_s"), missing=why_swarm))
+
+    service = results["service"].runs if "service" in results else []
+    why_service = why.get("service", "service bench missing")
+    local_cold = samples(service, "local_cold_create_to_first_output_s")
+    local_p50 = statistics.median(local_cold) if local_cold else None
+    rows.append(make_row("service: cold create → first output", "s",
+                         samples(service, "service_cold_create_to_first_output_s"),
+                         budget=("<=", local_p50 + 0.05) if local_p50 is not None else None, floor=local_p50,
+                         floor_note="local cold create", missing=why_service))
+    rows.append(make_row("service: pooled create → first output", "ms",
+                         samples(service, "service_pooled_create_to_first_output_s", scale=1000),
+                         budget=("<=", 50.0), missing=why_service))
+    direct_echo = across(service, "echo_direct_ms.p50")
+    direct_p50 = statistics.median(direct_echo) if direct_echo else None
+    rows.append(make_row("service: proxied echo round trip, p50", "ms", across(service, "echo_proxied_ms.p50"),
+                         budget=("<=", direct_p50 + 1.0) if direct_p50 is not None else None, floor=direct_p50,
+                         floor_note="same sandbox, direct", missing=why_service))
+    rows.append(make_row("service: 10 concurrent cold creates, all served", "s",
+                         across(service, "concurrent_10_cold_s"), missing=why_service))
+    rows.append(make_row("service: 10 concurrent pooled creates, all served", "s",
+                         across(service, "concurrent_10_pooled_s"), budget=("<=", 0.5), missing=why_service))
+    rows.append(make_row("service: GET /v1/sandboxes p99, 50 clients", "ms", across(service, "list_50_clients_ms.p99"),
+                         budget=("<=", 50.0), missing=why_service))
+    rows.append(make_row("service: CPU per GET /v1/sandboxes", "ms", across(service, "list_service_cpu_ms"),
+                         missing=why_service))
+    rows.append(make_row("service idle CPU", "% core", across(service, "idle_cpu_percent"), budget=("<", 1.0),
+                         missing=why_service))
+    rows.append(make_row("service idle RSS", "MB", across(service, "idle_rss_mb"), budget=("<=", 80.0),
+                         missing=why_service))
 
     image_mb = across(images, "image_size_mb")
     over = across(images, "image_size_over_base_mb")

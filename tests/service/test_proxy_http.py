@@ -72,3 +72,75 @@ def test_requests_arrive_as_sent_with_the_key_instead_of_the_token() -> None:
             assert r.headers["content-encoding"] == "gzip" and r.content == b"zipped" * 10
 
     asyncio.run(scenario())
+
+
+def test_kept_alive_connections_are_reused_and_a_stale_one_is_replaced() -> None:
+    """The upstream answers one request per connection, then closes it without saying so (as a server
+    whose keep-alive timeout just ran out does): the next request finds the pooled connection dead and
+    must go out again on a new one, unseen by the client. Requests on a live connection reuse it."""
+    connections: list[int] = []
+
+    async def one_shot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer.get_extra_info("peername")[1])
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"n": %d}' % len(connections)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        upstream = await asyncio.start_server(one_shot, "127.0.0.1", 0)
+        port = upstream.sockets[0].getsockname()[1]
+        proxy = RuntimeProxy()
+        target = Target("sb1", Endpoint(f"http://127.0.0.1:{port}", "published"), KEY)
+
+        async def forward(request: Request) -> Response:
+            return await proxy.forward(request, target, request.path_params["path"])
+
+        server, task, proxy_port = await serve(Starlette(routes=[Route("/p/{path:path}", forward)]))
+        try:
+            async with httpx.AsyncClient() as client:
+                for n in (1, 2, 3):
+                    r = await client.get(f"http://127.0.0.1:{proxy_port}/p/x")
+                    assert r.status_code == 200 and r.json() == {"n": n}, r.text
+            assert len(connections) == 3
+        finally:
+            await proxy.aclose()
+            server.should_exit = True
+            await task
+            upstream.close()
+            await upstream.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_connections_are_kept_alive() -> None:
+    ports: list[int] = []
+
+    async def peer(request: Request) -> Response:
+        client = request.client
+        ports.append(client.port if client else 0)
+        return Response(b"ok")
+
+    async def scenario() -> None:
+        up_server, up_task, up_port = await serve(Starlette(routes=[Route("/{p:path}", peer)]))
+        proxy = RuntimeProxy()
+        target = Target("sb1", Endpoint(f"http://127.0.0.1:{up_port}", "published"), KEY)
+
+        async def forward(request: Request) -> Response:
+            return await proxy.forward(request, target, request.path_params["path"])
+
+        server, task, port = await serve(Starlette(routes=[Route("/p/{path:path}", forward)]))
+        try:
+            async with httpx.AsyncClient() as client:
+                for _ in range(3):
+                    assert (await client.get(f"http://127.0.0.1:{port}/p/x")).text == "ok"
+            assert len(ports) == 3 and len(set(ports)) == 1  # one connection carried all three
+        finally:
+            await proxy.aclose()
+            for s, t in ((server, task), (up_server, up_task)):
+                s.should_exit = True
+                await t
+
+    asyncio.run(scenario())

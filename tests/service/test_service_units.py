@@ -197,3 +197,30 @@ def test_host_ports_only_from_the_allow_list() -> None:
         check_config(SandboxConfig(host_ports=[11434]), [], Policy())
     assert _rule(exc) == "host_ports"
     check_config(SandboxConfig(host_ports=[11434]), [], Policy(host_ports=frozenset({11434})))
+
+
+def _record(owner: str, state: str = "running") -> SandboxRow:
+    now = utcnow()
+    return SandboxRow(os.urandom(6).hex(), owner, None, state, None, {}, {}, "key", None, None, now, now)
+
+
+def test_cached_listing_holds_until_any_process_writes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data").open()
+    first = _record("alice")
+    store.reserve_sandbox(first, lambda usage: None)
+    assert store.cached_listing("alice") is None  # nothing listed yet
+    listed = store.listing("alice")
+    assert [r.id for r in listed] == [first.id]
+    assert store.cached_listing("alice") is listed
+    assert store.cached_listing(None) is None  # each scope is its own listing
+    store.update_sandbox(first.id, state="paused")  # a write of this process
+    assert store.cached_listing("alice") is None
+    assert store.listing("alice")[0].state == "paused"
+    # A write of another process (the CLI, or a second store on the file) is seen too.
+    other = Store(tmp_path / "data").open()
+    relisted = store.listing("alice")
+    other.reserve_sandbox(_record("alice"), lambda usage: None)
+    other.close()
+    assert store.cached_listing("alice") is not relisted
+    assert len(store.listing("alice")) == 2
+    store.close()

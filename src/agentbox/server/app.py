@@ -74,7 +74,7 @@ from agentbox.protocol import (
     ViewOp,
     WriteFile,
 )
-from agentbox.server import fsio
+from agentbox.server import fsio, portfwd
 from agentbox.server import info as info_mod
 from agentbox.server.background import BackgroundManager
 from agentbox.server.files import Editor, FileService, resolve
@@ -580,7 +580,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     openapi_route = Route("/openapi.json", openapi, methods=["GET"])
     openapi_route.methods = {"GET"}  # no implicit HEAD: the API declares none
     app = _BoundedApp(
-        routes=[*api.routes(), openapi_route],
+        routes=[*api.routes(), *portfwd.routes(), openapi_route],
         exception_handlers={
             Exception: _on_server_error,
             HTTPException: _on_server_error,

@@ -55,8 +55,8 @@ from agentbox.service.models import (
     TokenOut,
 )
 from agentbox.service.policy import check_labels, check_lifecycle
-from agentbox.service.proxy import RuntimeProxy
-from agentbox.service.sandboxes import SandboxManager
+from agentbox.service.proxy import RuntimeProxy, parse_port
+from agentbox.service.sandboxes import SandboxManager, Target
 from agentbox.service.settings import ServiceSettings
 from agentbox.service.store import SandboxRow, Store, TokenRow, utcnow
 
@@ -71,6 +71,9 @@ READY_PREFIX = "agentbox serve ready on "
 _CREATED = {("POST", "/v1/sandboxes"), ("POST", "/v1/tokens")}
 RUNTIME_PATH = "/v1/sandboxes/{id}/runtime/{path}"
 RUNTIME_ROUTE = "/v1/sandboxes/{id}/runtime/{path:path}"
+PORTS_PATH = "/v1/sandboxes/{id}/ports/{port}/{path}"
+PORTS_ROUTES = ("/v1/sandboxes/{id}/ports/{port}/{path:path}", "/v1/sandboxes/{id}/ports/{port}")
+PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 #: Seconds between keep-alive comments on a quiet event stream.
 KEEPALIVE = 15.0
 
@@ -209,10 +212,23 @@ def build_router(svc: Service) -> TypedRouter:
 
     # ------------------------------------------------------------------ sandboxes
 
+    # Per caller scope: the rows last listed and their JSON. Validating and serialising every record cost
+    # ~50 us each per request; a listing is unchanged between writes, so many clients polling it share one.
+    listed: dict[str | None, tuple[list[SandboxRow], bytes]] = {}
+
     @route("GET", "/v1/sandboxes", response=SandboxList)
-    async def list_sandboxes(request: Request) -> SandboxList:
+    async def list_sandboxes(request: Request) -> Response:
         """The caller's sandboxes (every sandbox for an admin)."""
-        return SandboxList(sandboxes=[_sandbox_out(r) for r in await manager.list(_who(request))])
+        who = _who(request)
+        rows = await manager.list(who)
+        scope = None if who.admin else who.name
+        hit = listed.get(scope)
+        if hit is None or hit[0] is not rows:
+            if len(listed) >= 1000:
+                listed.clear()
+            body = SandboxList(sandboxes=[_sandbox_out(r) for r in rows]).model_dump_json().encode()
+            hit = listed[scope] = (rows, body)
+        return Response(hit[1], media_type="application/json")
 
     @route("POST", "/v1/sandboxes", body=SandboxCreate, response=SandboxOut)
     async def create_sandbox(request: Request, body: SandboxCreate) -> Response:
@@ -259,7 +275,12 @@ def build_router(svc: Service) -> TypedRouter:
 
     @route("GET", "/v1/sandboxes/{id}/logs", query=LogsQuery, content_type="text/plain")
     async def sandbox_logs(request: Request, query: LogsQuery) -> Response:
-        """The sandbox's container log (its runtime server's output)."""
+        """The sandbox's container log (its runtime server's output); with ``follow=1``, a chunked stream of
+        what it gains, until the sandbox stops running or the client goes away."""
+        if query.follow:
+            chunks = await manager.follow_logs(_who(request), request.path_params["id"], query.tail)
+            return StreamingResponse(chunks, media_type="text/plain; charset=utf-8",
+                                     headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
         text = await manager.logs(_who(request), request.path_params["id"], query.tail)
         return PlainTextResponse(text)
 
@@ -389,6 +410,36 @@ def _openapi(api: TypedRouter) -> dict[str, Any]:
         }
         for method in ("get", "post")
     }
+    port_params = [
+        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+        {"name": "port", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 65535},
+         "description": "A TCP port a process listens on inside the sandbox (on any address, loopback included)."},
+        {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "The path to request on that port (with the query string, passed on as is)."},
+    ]
+    doc["paths"][PORTS_PATH] = {
+        method: {
+            "summary": "Forward to a port inside the sandbox (HTTP, streamed bodies, WebSocket upgrades).",
+            "description": (
+                "Reaches http://127.0.0.1:{port}/{path} inside the sandbox through its runtime server, with no "
+                "port published on the host (network=none sandboxes too). The answer is the application's own. "
+                "A port nothing listens on is a 502 with code port_closed; an answer that is not HTTP a 502 "
+                "port_bad_response; a port that is not 1-65535 a 422 validation_error. A WebSocket upgrade on "
+                "the same path is relayed message by message. Requests count as activity for the idle timeout."
+            ),
+            "operationId": f"port_{method}",
+            "parameters": port_params,
+            "security": [{"BearerToken": []}],
+            "responses": {
+                "default": {"description": "The application's answer."},
+                "502": {"description": "port_closed or port_bad_response",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}},
+                "422": {"description": "validation_error (the port)",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}},
+            },
+        }
+        for method in ("get", "post", "put", "patch", "delete")
+    }
     return doc
 
 
@@ -473,39 +524,69 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
             svc.metrics.pool_free.labels(pool=name).set(pools.get(name, (0, 0))[0])
         return Response(svc.metrics.render(counts), media_type=CONTENT_TYPE)
 
-    async def runtime_http(request: Request) -> Response:
+    async def forward(request: Request, path: str) -> Response:
         svc: Service = request.app.state.service
         target = await svc.manager.target(_who(request), request.path_params["id"])
         svc.metrics.proxy_requests.labels(kind="http").inc()
         lifecycle = svc.manager.lifecycle
         lifecycle.begin(target.sandbox_id)
         try:
-            return await svc.proxy.forward(
-                request, target, request.path_params["path"], on_done=lambda: lifecycle.end(target.sandbox_id)
-            )
+            return await svc.proxy.forward(request, target, path, on_done=lambda: lifecycle.end(target.sandbox_id))
         except BaseException:
             lifecycle.end(target.sandbox_id)
             raise
 
-    async def runtime_ws(websocket: WebSocket) -> None:
+    async def runtime_http(request: Request) -> Response:
+        return await forward(request, request.path_params["path"])
+
+    async def port_http(request: Request) -> Response:
+        port = parse_port(request.path_params["port"])
+        return await forward(request, f"ports/{port}/{request.path_params.get('path', '')}")
+
+    async def websocket_target(websocket: WebSocket) -> Target | None:
         svc: Service = websocket.app.state.service
         try:
             target = await svc.manager.target(_who(websocket), websocket.path_params["id"])
         except ApiError as exc:
             await websocket.close(code=1008 if exc.status < 500 else 1011, reason=exc.message[:120])
-            return
+            return None
         svc.metrics.proxy_requests.labels(kind="ws").inc()
+        return target
+
+    async def runtime_ws(websocket: WebSocket) -> None:
+        svc: Service = websocket.app.state.service
+        target = await websocket_target(websocket)
+        if target is None:
+            return
         svc.manager.lifecycle.begin(target.sandbox_id)
         try:
             await svc.proxy.forward_websocket(websocket, target, websocket.path_params["path"])
         finally:
             svc.manager.lifecycle.end(target.sandbox_id)
 
+    async def port_ws(websocket: WebSocket) -> None:
+        svc: Service = websocket.app.state.service
+        try:
+            port = parse_port(websocket.path_params["port"])
+        except ApiError as exc:
+            await websocket.close(code=1008, reason=exc.message[:120])
+            return
+        target = await websocket_target(websocket)
+        if target is None:
+            return
+        svc.manager.lifecycle.begin(target.sandbox_id)
+        try:
+            await svc.proxy.forward_port_websocket(websocket, target, port, websocket.path_params.get("path", ""))
+        finally:
+            svc.manager.lifecycle.end(target.sandbox_id)
+
     routes: list[Any] = [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route(RUNTIME_ROUTE, runtime_http, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+        Route(RUNTIME_ROUTE, runtime_http, methods=PROXY_METHODS),
         WebSocketRoute(RUNTIME_ROUTE, runtime_ws),
+        *(Route(path, port_http, methods=PROXY_METHODS) for path in PORTS_ROUTES),
+        *(WebSocketRoute(path, port_ws) for path in PORTS_ROUTES),
     ]
     app = Starlette(
         routes=routes,

@@ -205,6 +205,9 @@ class LogsQuery(WireModel):
     """Query of GET /v1/sandboxes/{id}/logs."""
 
     tail: int | None = Field(None, ge=0, le=1_000_000, description="Only the last N lines.")
+    follow: bool = Field(
+        False, description="Keep the answer open and stream what the log gains, until the sandbox stops or is removed."
+    )
 
 
 class AuditQuery(WireModel):

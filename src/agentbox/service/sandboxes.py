@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -61,6 +61,11 @@ T = TypeVar("T")
 
 #: Seconds a new sandbox's server gets to report ready.
 START_TIMEOUT = 60.0
+#: Seconds between two looks at a followed log. The backend interface has no log stream (only ``logs()``),
+#: so a follower polls; it only runs while someone follows, and a state change ends the wait at once.
+LOG_POLL = 0.5
+#: States in which a followed log can still grow.
+_LOG_LIVE = ("running", "paused")
 #: Activity through the proxy is written to the store at most this often per sandbox.
 ACTIVITY_WRITE_INTERVAL = 10.0
 
@@ -152,8 +157,13 @@ class SandboxManager:
         return row
 
     async def list(self, who: Principal) -> list[SandboxRow]:
-        """Every record ``who`` may see (all of them for an admin)."""
-        return await self.store.run(self.store.sandboxes, None if who.admin else who.name)
+        """Every record ``who`` may see (all of them for an admin). Read-only: the same list object is
+        returned until a record changes (callers may cache what they derive from it by identity)."""
+        owner = None if who.admin else who.name
+        rows = self.store.cached_listing(owner)
+        if rows is None:
+            rows = await self.store.run(self.store.listing, owner)
+        return rows
 
     # -- create --------------------------------------------------------------------------------------------
 
@@ -406,6 +416,52 @@ class SandboxManager:
             return await self._call(self.backend.logs, row.container_id, tail=tail)
         except AgentboxError as exc:
             raise from_agentbox_error(exc).with_sandbox(row.id) from None
+
+    async def follow_logs(self, who: Principal, sandbox_id: str, tail: int | None) -> AsyncIterator[bytes]:
+        """The log so far (its last ``tail`` lines), then what it gains, until the sandbox stops running
+        (stopped, dead or removed) or the consumer stops iterating. Checks access before returning, so a
+        refusal is an error answer rather than a broken stream."""
+        row = await self.get(who, sandbox_id)
+        if row.container_id is None:
+            raise ApiError("conflict", f"sandbox {row.id} has no container yet")
+        container_id = row.container_id
+        try:
+            text = await self._call(self.backend.logs, container_id)
+        except AgentboxError as exc:
+            raise from_agentbox_error(exc).with_sandbox(row.id) from None
+        return self._follow(row.id, container_id, text, tail, row.state in _LOG_LIVE)
+
+    async def _follow(
+        self, sandbox_id: str, container_id: str, text: str, tail: int | None, live: bool
+    ) -> AsyncIterator[bytes]:
+        queue = self.events.subscribe()
+        try:
+            first = text
+            if tail is not None:
+                first = "".join(text.splitlines(keepends=True)[-tail:]) if tail else ""
+            if first:
+                yield first.encode()
+            seen = len(text)
+            while live:
+                try:
+                    event = await asyncio.wait_for(queue.get(), LOG_POLL)
+                except asyncio.TimeoutError:
+                    event = None
+                else:
+                    if event is None:  # the service is shutting down
+                        return
+                    if event.id != sandbox_id or event.state in _LOG_LIVE:
+                        continue
+                    live = False  # one last look: what it wrote while stopping
+                try:
+                    text = await self._call(self.backend.logs, container_id)
+                except AgentboxError:
+                    return  # removed meanwhile: the log is gone with it
+                if len(text) > seen:
+                    yield text[seen:].encode()
+                seen = len(text)
+        finally:
+            self.events.unsubscribe(queue)
 
     # -- the proxy's view ----------------------------------------------------------------------------------
 

@@ -202,6 +202,10 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # Bumped after every commit of this process; with signature() (other processes' writes) it says
+        # whether a cached listing still holds.
+        self._generation = 0
+        self._listings: dict[str | None, tuple[tuple[int, ...], list[SandboxRow]]] = {}
         #: True when :meth:`open` created the schema from nothing (a first start).
         self.fresh = False
 
@@ -273,6 +277,7 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self._generation += 1
 
     def signature(self) -> tuple[int, ...]:
         """Changes whenever anyone (this process or the CLI) writes the file: the mtime and size of the
@@ -396,6 +401,26 @@ class Store:
         else:
             rows = self._db.execute("SELECT * FROM sandboxes WHERE owner = ? ORDER BY created, id", (owner,))
         return [_sandbox(r) for r in rows]
+
+    def listing(self, owner: str | None) -> list[SandboxRow]:
+        """:meth:`sandboxes` of ``owner`` (None: everyone's), remembered for :meth:`cached_listing`.
+
+        The rows are shared with later callers of :meth:`cached_listing`: treat them as read-only."""
+        key = (self._generation, *self.signature())  # before the query: a write during it makes it stale
+        rows = self.sandboxes(owner)
+        if len(self._listings) >= 1000:
+            self._listings.clear()
+        self._listings[owner] = (key, rows)
+        return rows
+
+    def cached_listing(self, owner: str | None) -> list[SandboxRow] | None:
+        """The last :meth:`listing` of ``owner`` if nothing was written since (by this process or any
+        other), else None. Cheap enough for the event loop (two stats, no query): under many clients
+        listing at once, the query runs once per change instead of once per request."""
+        hit = self._listings.get(owner)
+        if hit is not None and hit[0] == (self._generation, *self.signature()):
+            return hit[1]
+        return None
 
     def pool_counts(self) -> dict[str, tuple[int, int]]:
         """Per pool: (ready, being made) sandboxes waiting for an owner."""
