@@ -324,6 +324,12 @@ class Sandbox:
             )
         except AgentboxError:
             return None
+        if state is SandboxState.PAUSED:
+            # Through a service this is its idle policy (or another client) pausing it between calls.
+            return SandboxError(
+                f"the sandbox was paused behind this handle's back ({exc}); resume() continues it",
+                sandbox_id=self.id,
+            )
         if state is not SandboxState.RUNNING:
             return SandboxError(
                 f"the sandbox is {state.value}: it stopped or restarted during the call ({exc}); "

@@ -14,7 +14,7 @@ import pytest
 from service_process import AGENTBOX, ServiceProcess
 
 from agentbox.backends.base import SandboxState
-from agentbox.errors import ConfigError, SandboxNotFoundError
+from agentbox.errors import ConfigError, SandboxError, SandboxNotFoundError
 from agentbox.sandbox import AsyncSandbox, Sandbox
 
 pytestmark = pytest.mark.docker
@@ -98,6 +98,15 @@ def test_sdk_with_explicit_server_and_token(
         assert Sandbox.list(server=svc.url, token=bob) == []
         with pytest.raises(SandboxNotFoundError):
             Sandbox.connect(sb.id, server=svc.url, token=bob)
+        # Paused behind the handle's back (the service's idle policy, another client): a clear error, and
+        # resume() continues where it was.
+        sb.run("cd /tmp")
+        Sandbox.connect(sb.id, **where).pause()
+        with pytest.raises(SandboxError, match=r"paused behind this handle's back .* resume\(\) continues it"):
+            sb.run("true")
+        assert sb.state is SandboxState.PAUSED
+        sb.resume()
+        assert sb.run("pwd").output == "/tmp\n"
         sb.stop()
         assert Sandbox.connect(sb.id, **where).state is SandboxState.STOPPED
         sb.start()  # the service starts it again and hands the key over
