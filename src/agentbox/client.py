@@ -38,7 +38,7 @@ import urllib.parse
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any, Generic, TypeVar, cast
+from typing import IO, Any, Generic, Literal, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -107,6 +107,8 @@ __all__ = ["AsyncRuntimeClient", "ClientState", "RuntimeClient", "UnsafeDownload
 T = TypeVar("T")
 S = TypeVar("S")
 M = TypeVar("M", bound=BaseModel)
+#: How a client authenticates: the runtime server's session key, or a control plane token (its proxy).
+Auth = Literal["session-key", "bearer"]
 # Margin on top of a command's own time limits before the HTTP read gives up (the server needs up to
 # two kill grace periods after a hard timeout, plus transfer time).
 _LONG_CALL_MARGIN_S = 30.0
@@ -821,14 +823,18 @@ class _BaseClient:
         timeout: float | None = 60.0,
         uds: str | None = None,
         sandbox_id: str | None = None,
+        auth: Auth = "session-key",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.uds = uds
         self.sandbox_id = sandbox_id
         self.state = ClientState.OPEN
+        self.auth: Auth = auth
         self._api_key = api_key
-        self._headers = {API_KEY_HEADER: api_key}
+        # Through the control plane's proxy the caller holds a service token, never the sandbox's key:
+        # the proxy swaps the one for the other (and drops a session key header if one were sent).
+        self._headers = {"Authorization": f"Bearer {api_key}"} if auth == "bearer" else {API_KEY_HEADER: api_key}
         self._limits = httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60.0)
         # Whether the server has /files/raw (None: not known yet). A server from an older agentbox (a
         # keep-alive sandbox reattached with connect()) has only the JSON routes, which still work.
@@ -885,10 +891,14 @@ class RuntimeClient(_BaseClient):
         timeout: float | None = 60.0,
         uds: str | None = None,
         sandbox_id: str | None = None,
+        auth: Auth = "session-key",
     ) -> None:
         """``base_url``: the server's URL (with ``uds``, any http URL: only its path part matters);
-        ``uds``: the path of the Unix domain socket the server listens on, instead of TCP."""
-        super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id)
+        ``uds``: the path of the Unix domain socket the server listens on, instead of TCP. ``auth``:
+        ``"session-key"`` sends ``api_key`` as the runtime server's session key; ``"bearer"`` sends it as
+        ``Authorization: Bearer`` (a control plane token, with ``base_url`` its runtime proxy
+        ``<service>/v1/sandboxes/<id>/runtime``)."""
+        super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id, auth=auth)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=self._headers,
@@ -1196,10 +1206,14 @@ class AsyncRuntimeClient(_BaseClient):
         timeout: float | None = 60.0,
         uds: str | None = None,
         sandbox_id: str | None = None,
+        auth: Auth = "session-key",
     ) -> None:
         """``base_url``: the server's URL (with ``uds``, any http URL: only its path part matters);
-        ``uds``: the path of the Unix domain socket the server listens on, instead of TCP."""
-        super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id)
+        ``uds``: the path of the Unix domain socket the server listens on, instead of TCP. ``auth``:
+        ``"session-key"`` sends ``api_key`` as the runtime server's session key; ``"bearer"`` sends it as
+        ``Authorization: Bearer`` (a control plane token, with ``base_url`` its runtime proxy
+        ``<service>/v1/sandboxes/<id>/runtime``)."""
+        super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id, auth=auth)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=self._headers,
@@ -1211,7 +1225,8 @@ class AsyncRuntimeClient(_BaseClient):
     def like(cls, client: RuntimeClient) -> AsyncRuntimeClient:
         """An async client of the same server, with the same key, timeout and sandbox id as ``client``."""
         return cls(
-            client.base_url, client._api_key, timeout=client.timeout, uds=client.uds, sandbox_id=client.sandbox_id
+            client.base_url, client._api_key, timeout=client.timeout, uds=client.uds, sandbox_id=client.sandbox_id,
+            auth=client.auth,
         )
 
     async def __aenter__(self) -> AsyncRuntimeClient:

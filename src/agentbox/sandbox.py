@@ -8,6 +8,11 @@
         r = sb.run("python -c 'print(42)'")
         sb.write_file("notes.txt", "hi")
 
+Through a control plane (``agentbox serve``) the same handle works remotely: ``Sandbox(server=URL,
+token=...)``, or ``AGENTBOX_SERVER`` and ``AGENTBOX_TOKEN`` in the environment. The service then creates,
+pauses and removes the sandbox (:class:`~agentbox.backends.service.ServiceBackend`), and every runtime
+call goes through its proxy with the token; this process never sees a container or a session key.
+
 Lifecycle is explicit (:class:`SandboxState`): ``__init__`` does no I/O (the configuration is resolved,
 and the engine contacted, by :meth:`Sandbox.start` / ``__enter__``), and nothing is cleaned up in
 ``__del__``: :meth:`Sandbox.close` (or leaving the ``with`` block) removes the container and what agentbox
@@ -31,12 +36,14 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from agentbox import __version__
-from agentbox.backends import get_backend
+from agentbox.backends import get_backend, get_service_backend
 from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
 from agentbox.backends.labels import LABELS, check_user_labels
+from agentbox.backends.service import RemoteSandbox, ServiceBackend
+from agentbox.backends.service.backend import settings_json
 from agentbox.backends.spec import SERVER_PORT, spec_from_config
 from agentbox.backends.state import SandboxRecord, StateStore
 from agentbox.config import FIELDS, SandboxConfig, resolve_config
@@ -67,6 +74,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncSandbox", "Sandbox", "SandboxInfo", "SandboxState", "reap"]
 
+#: The URL of the agentbox service to use when no ``server`` (or ``backend``) is given.
+SERVER_ENV = "AGENTBOX_SERVER"
+#: The bearer token for that service when no ``token`` is given.
+TOKEN_ENV = "AGENTBOX_TOKEN"
+
 #: Seconds a new sandbox's server gets to report ready (first start of a cold image, gVisor...).
 DEFAULT_START_TIMEOUT = 60.0
 #: Seconds a liveness probe of a possibly stale server may take (refresh, reconnect).
@@ -89,6 +101,14 @@ def _merge(config: SandboxConfig, settings: Mapping[str, Any]) -> SandboxConfig:
     return SandboxConfig.model_validate(values)
 
 
+def _backend_for(server: str | None, token: str | None) -> Backend:
+    """The backend of a service at ``server`` (or ``$AGENTBOX_SERVER``), else the local Docker one."""
+    server = server or os.environ.get(SERVER_ENV) or None
+    if server is None:
+        return get_backend()
+    return get_service_backend(server, token or os.environ.get(TOKEN_ENV, ""))
+
+
 def _env_script(env: Mapping[str, str]) -> bytes:
     return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()).encode()
 
@@ -102,6 +122,13 @@ class Sandbox:
 
     ``labels`` are extra container labels (also put on networks and volumes created for it), e.g.
     ``{"agentbox.test": "1"}``. ``start_timeout`` bounds how long the server may take to get ready.
+
+    ``server`` (default ``$AGENTBOX_SERVER``) and ``token`` (default ``$AGENTBOX_TOKEN``): make and use the
+    sandbox through that agentbox service. Only the settings given here, in the config file or in
+    ``SANDBOX_*`` variables are sent; the rest take the service's defaults, and :attr:`config` is the
+    service's effective configuration once started. The service assigns the id (:attr:`id` changes on
+    start), checks the configuration against its policy (a refusal is a ConfigError naming the rule),
+    and bounds the start itself (``start_timeout`` is ignored).
     """
 
     def __init__(
@@ -114,11 +141,22 @@ class Sandbox:
         start_timeout: float = DEFAULT_START_TIMEOUT,
         allow_docker_socket: bool = False,
         progress: Progress | None = None,
+        server: str | None = None,
+        token: str | None = None,
         **settings: Any,
     ) -> None:
         unknown = sorted(set(settings) - set(FIELDS))
         if unknown:
             raise ConfigError(f"unknown sandbox setting(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+        if server is not None and backend is not None:
+            raise ConfigError("give either server= (an agentbox service) or backend=, not both")
+        if backend is None:
+            server = server or os.environ.get(SERVER_ENV) or None
+        if server is not None and allow_docker_socket:
+            raise ConfigError("allow_docker_socket: the engine's socket is never handed out through the service")
+        self._server = server
+        self._token = token if token is not None else os.environ.get(TOKEN_ENV, "")
+        self._given: set[str] = set()
         self._config_arg = config
         self._config_file = config_file
         self._settings = dict(settings)
@@ -150,7 +188,8 @@ class Sandbox:
 
     @property
     def container_id(self) -> str | None:
-        """The Docker container id, once created."""
+        """The Docker container id, once created (through a service: the sandbox id, as clients never
+        see containers)."""
         return self._container_id
 
     @property
@@ -159,16 +198,29 @@ class Sandbox:
         if self._config is None:
             if self._config_arg is not None:
                 self._config = _merge(self._config_arg, self._settings) if self._settings else self._config_arg
+                self._given = set(self._config_arg.model_fields_set) | set(self._settings)
             else:
-                self._config = resolve_config(config_file=self._config_file, overrides=self._settings).config
+                resolved = resolve_config(config_file=self._config_file, overrides=self._settings)
+                self._config = resolved.config
+                self._given = {name for name, source in resolved.sources.items() if source != "default"}
         return self._config
 
     @property
     def backend(self) -> Backend:
-        """The backend the sandbox runs on (the process-wide Docker backend by default)."""
+        """The backend the sandbox runs on (the process-wide Docker backend by default; a
+        :class:`~agentbox.backends.service.ServiceBackend` through a service)."""
         if self._backend is None:
-            self._backend = get_backend(self.config.backend)
+            if self._server is not None:
+                self._backend = get_service_backend(self._server, self._token)
+            else:
+                self._backend = get_backend(self.config.backend)
         return self._backend
+
+    @property
+    def _service(self) -> ServiceBackend | None:
+        """The service this sandbox is made and reached through, or None for a local one."""
+        backend = self.backend
+        return backend if isinstance(backend, ServiceBackend) else None
 
     @property
     def url(self) -> str:
@@ -196,9 +248,15 @@ class Sandbox:
 
                     assert self._key is not None
                     self._client = RuntimeClient(
-                        self.url, self._key, timeout=self.config.timeout, uds=self.uds, sandbox_id=self.id
+                        self.url, self._key, timeout=self.config.timeout, uds=self.uds, sandbox_id=self.id,
+                        auth=self._auth,
                     )
         return self._client
+
+    @property
+    def _auth(self) -> Literal["session-key", "bearer"]:
+        """How runtime calls authenticate: the session key, or through a service its token (``_key``)."""
+        return "bearer" if self._service is not None else "session-key"
 
     def _check_usable(self) -> None:
         if self._state is SandboxState.RUNNING:
@@ -225,7 +283,11 @@ class Sandbox:
         try:
             yield
         except AgentboxError as exc:
-            exc.with_sandbox(self.id)
+            # Through a service the id is the service's, known once it created the sandbox: a refused
+            # create is about no sandbox, not about the placeholder id this handle had.
+            remote = self._server is not None or isinstance(self._backend, ServiceBackend)
+            if not remote or self._container_id is not None:
+                exc.with_sandbox(self.id)
             raise
 
     @contextlib.contextmanager
@@ -262,6 +324,12 @@ class Sandbox:
             )
         except AgentboxError:
             return None
+        if state is SandboxState.PAUSED:
+            # Through a service this is its idle policy (or another client) pausing it between calls.
+            return SandboxError(
+                f"the sandbox was paused behind this handle's back ({exc}); resume() continues it",
+                sandbox_id=self.id,
+            )
         if state is not SandboxState.RUNNING:
             return SandboxError(
                 f"the sandbox is {state.value}: it stopped or restarted during the call ({exc}); "
@@ -341,7 +409,9 @@ class Sandbox:
         if self._endpoint is not None and endpoint != self._endpoint:
             self._close_client()  # e.g. another host port after an engine restart
         try:
-            with RuntimeClient(endpoint.url, self._key, timeout=PROBE_TIMEOUT, uds=endpoint.uds) as probe:
+            with RuntimeClient(
+                endpoint.url, self._key, timeout=PROBE_TIMEOUT, uds=endpoint.uds, auth=self._auth
+            ) as probe:
                 probe.alive()
         except AgentboxError:
             return False
@@ -373,6 +443,11 @@ class Sandbox:
     def _create_and_start(self) -> None:
         config = self.config
         backend = self.backend
+        if isinstance(backend, ServiceBackend):
+            # The service creates, starts and cleans up after a failure; it assigns the id.
+            settings = settings_json(config, sorted(self._given))
+            self._adopt(backend.create_sandbox(settings, self._labels, self._progress), backend)
+            return
         image = backend.resolve_image(config, self._progress)
         self._key = secrets.token_urlsafe(32)
         spec = spec_from_config(
@@ -413,10 +488,30 @@ class Sandbox:
                 self._discard(purge_volumes=True)
             raise
 
+    def _adopt(self, remote: RemoteSandbox, service: ServiceBackend) -> None:
+        """Become the handle of ``remote``: its id, its effective configuration, the service's proxy."""
+        info = remote.info
+        self._id = info.id
+        self._container_id = info.id
+        self._config = remote.config
+        self._key = service.token
+        reachable = info.state in (SandboxState.RUNNING, SandboxState.PAUSED)
+        self._endpoint = service.endpoint(info.id) if reachable else None
+
     def _restart(self) -> None:
         assert self._container_id is not None
         self._close_client()
         self._state = SandboxState.STARTING
+        service = self._service
+        if service is not None:
+            try:
+                service.resume(self._container_id)  # starts a stopped one, the service hands its key over
+            except BaseException:
+                self._state = SandboxState.STOPPED
+                raise
+            self._endpoint = service.endpoint(self._container_id)
+            self._state = SandboxState.RUNNING
+            return
         try:
             # The server deleted its key file when it first read it: hand the key over again.
             self._endpoint = self.backend.start(
@@ -435,7 +530,8 @@ class Sandbox:
         self._close_client()
         if self._container_id is not None:
             self.backend.remove(self._container_id, purge_volumes=purge_volumes)
-        self._store().delete(self.id)
+        if self._service is None:
+            self._store().delete(self.id)
         self._endpoint = None
 
     def _close_client(self) -> None:
@@ -519,7 +615,13 @@ class Sandbox:
 
     @classmethod
     def connect(
-        cls, sandbox_id: str, *, backend: Backend | None = None, take_ownership: bool = True
+        cls,
+        sandbox_id: str,
+        *,
+        backend: Backend | None = None,
+        take_ownership: bool = True,
+        server: str | None = None,
+        token: str | None = None,
     ) -> Sandbox:
         """Reattach to a running (or paused, or stopped) sandbox by id, e.g. after this process restarted.
 
@@ -527,8 +629,15 @@ class Sandbox:
         (the default) the handle then owns the sandbox: :func:`reap` spares it while this process lives,
         and close() removes it unless it is keep-alive. Tools that only act on someone else's sandbox
         (``agentbox exec``) pass False and let go with :meth:`detach`.
+
+        Through a service (``server``/``token``, or ``$AGENTBOX_SERVER``/``$AGENTBOX_TOKEN``) any process
+        holding the token that created the sandbox (or an admin token) reattaches; there is no state file.
         """
-        backend = backend or get_backend()
+        if server is not None and backend is not None:
+            raise ConfigError("give either server= (an agentbox service) or backend=, not both")
+        backend = backend or _backend_for(server, token)
+        if isinstance(backend, ServiceBackend):
+            return cls._connect_remote(sandbox_id, backend)
         try:
             info = backend.find(sandbox_id)
         except AgentboxError as exc:
@@ -563,10 +672,39 @@ class Sandbox:
         return sandbox
 
     @classmethod
-    def list(cls, all_owners: bool = True, *, backend: Backend | None = None) -> list[SandboxInfo]:
-        """Sandboxes on the engine; ``all_owners=False``: only those this user can reattach to from here."""
-        backend = backend or get_backend()
-        if all_owners:
+    def _connect_remote(cls, sandbox_id: str, service: ServiceBackend) -> Sandbox:
+        try:
+            remote = service.describe(sandbox_id)
+        except AgentboxError as exc:
+            exc.with_sandbox(sandbox_id)
+            raise
+        state = remote.info.state
+        if state is SandboxState.STARTING:
+            raise SandboxError(f"sandbox {remote.info.id} is still being created", sandbox_id=remote.info.id)
+        if state is SandboxState.REMOVED:
+            raise SandboxNotFoundError(f"sandbox {remote.info.id} is being removed", sandbox_id=remote.info.id)
+        sandbox = cls(remote.config, backend=service)
+        sandbox._adopt(remote, service)
+        sandbox._state = state
+        return sandbox
+
+    @classmethod
+    def list(
+        cls,
+        all_owners: bool = True,
+        *,
+        backend: Backend | None = None,
+        server: str | None = None,
+        token: str | None = None,
+    ) -> list[SandboxInfo]:
+        """Sandboxes on the engine; ``all_owners=False``: only those this user can reattach to from here.
+
+        Through a service: the sandboxes the token may see (its own; every one for an admin token), which
+        are the ones it can reattach to, whatever ``all_owners`` says."""
+        if server is not None and backend is not None:
+            raise ConfigError("give either server= (an agentbox service) or backend=, not both")
+        backend = backend or _backend_for(server, token)
+        if all_owners or isinstance(backend, ServiceBackend):
             return backend.list()
         mine = set(backend.store.ids())
         return [info for info in backend.list(owner_host=socket.gethostname()) if info.id in mine]
@@ -818,16 +956,31 @@ class AsyncSandbox:
 
     @classmethod
     async def connect(
-        cls, sandbox_id: str, *, backend: Backend | None = None, take_ownership: bool = True
+        cls,
+        sandbox_id: str,
+        *,
+        backend: Backend | None = None,
+        take_ownership: bool = True,
+        server: str | None = None,
+        token: str | None = None,
     ) -> AsyncSandbox:
         """Reattach by id (see :meth:`Sandbox.connect`)."""
-        core = await asyncio.to_thread(Sandbox.connect, sandbox_id, backend=backend, take_ownership=take_ownership)
+        core = await asyncio.to_thread(
+            Sandbox.connect, sandbox_id, backend=backend, take_ownership=take_ownership, server=server, token=token
+        )
         return cls._wrap(core)
 
     @classmethod
-    async def list(cls, all_owners: bool = True, *, backend: Backend | None = None) -> list[SandboxInfo]:
+    async def list(
+        cls,
+        all_owners: bool = True,
+        *,
+        backend: Backend | None = None,
+        server: str | None = None,
+        token: str | None = None,
+    ) -> list[SandboxInfo]:
         """Sandboxes on the engine (see :meth:`Sandbox.list`)."""
-        return await asyncio.to_thread(Sandbox.list, all_owners, backend=backend)
+        return await asyncio.to_thread(Sandbox.list, all_owners, backend=backend, server=server, token=token)
 
     # -- acting inside (the same forwards as Sandbox, awaitable) -------------------------------------------
 

@@ -4,14 +4,22 @@ Everything these tests create carries the label ``agentbox.test=1`` (and this se
 ``agentbox.test-session``) and is removed even when a test fails: per test by the factories, and once
 more at the end of the session by label. When a
 test fails, the ids of the sandboxes it made are added to its report.
+
+The SDK's core behaviour tests run in both modes: a test that takes ``sdk_mode`` runs once against the
+local engine and once through a real ``agentbox serve`` process (one per session, its own SQLite file,
+the same engine), reached as a user would: ``AGENTBOX_SERVER`` and ``AGENTBOX_TOKEN`` in the environment.
+What the service creates carries this session's labels like everything else, and is swept with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -185,3 +193,50 @@ def network(docker_client: Any) -> Iterator[Callable[..., str]]:
                 for c in docker_client.api.containers(all=True, filters={"network": name}):
                     docker_client.api.remove_container(c["Id"], force=True)
                 docker_client.api.remove_network(name)
+
+
+@dataclass(frozen=True)
+class SdkService:
+    """The session's ``agentbox serve`` process, and a (non-admin) token for the tests."""
+
+    url: str
+    token: str
+
+
+@pytest.fixture(scope="session")
+def sdk_service(
+    docker_client: Any, runtime_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SdkService]:
+    """A real ``agentbox serve`` (tests/service/service_process.py) whose default image is the test image.
+
+    Bind mounts are allowed under pytest's temporary root (the tests' folders are made there), named
+    volumes too: the mount tests run through it unchanged."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+    from service_process import start_service
+
+    root = tmp_path_factory.mktemp("sdk-service")
+    config = root / "service.toml"
+    config.write_text(
+        f'[sandbox]\nruntime_container_image = "{runtime_image}"\n\n[policy]\nallow_named_volumes = true\n'
+    )
+    svc = start_service(root / "data", "--config", str(config), "--allow-volume-root", str(root.parent))
+    try:
+        with svc.client(svc.admin_token) as admin:
+            made = admin.post("/v1/tokens", json={"name": f"sdk-tests-{SESSION}"})
+            assert made.status_code == 201, made.text
+        yield SdkService(svc.url, made.json()["token"])
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(params=["local", "service"])
+def sdk_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test against the local engine, then through the service (by environment, as users do)."""
+    if request.param == "service":
+        service: SdkService = request.getfixturevalue("sdk_service")
+        monkeypatch.setenv("AGENTBOX_SERVER", service.url)
+        monkeypatch.setenv("AGENTBOX_TOKEN", service.token)
+    else:
+        monkeypatch.delenv("AGENTBOX_SERVER", raising=False)
+        monkeypatch.delenv("AGENTBOX_TOKEN", raising=False)
+    return str(request.param)

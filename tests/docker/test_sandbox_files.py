@@ -1,4 +1,8 @@
-"""Mounts and ownership on a real engine: the host user owns what the sandbox writes; ro is read-only."""
+"""Mounts and ownership on a real engine: the host user owns what the sandbox writes; ro is read-only.
+
+Tests taking ``sdk_mode`` run twice: locally and through an ``agentbox serve`` process on the same host
+(which allows bind mounts under pytest's temporary root, see conftest).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ STRANGER = 1234 if ME != 1234 else 1235
 
 
 def test_files_created_in_a_bind_mount_belong_to_the_configured_uid(
-    sandboxes: Callable[..., Any], tmp_path: Path
+    sandboxes: Callable[..., Any], tmp_path: Path, sdk_mode: str
 ) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
@@ -51,7 +55,7 @@ def test_files_created_in_a_bind_mount_belong_to_the_configured_uid(
     assert (workspace / "uploaded" / "sub" / "up.txt").read_text() == "uploaded"
 
 
-def test_a_read_only_mount_refuses_writes(sandboxes: Callable[..., Any], tmp_path: Path) -> None:
+def test_a_read_only_mount_refuses_writes(sandboxes: Callable[..., Any], tmp_path: Path, sdk_mode: str) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "ref.txt").write_text("reference")
@@ -67,7 +71,9 @@ def test_a_read_only_mount_refuses_writes(sandboxes: Callable[..., Any], tmp_pat
     assert not (data / "new.txt").exists()
 
 
-def test_the_work_dir_exists_without_mounts_and_is_the_default_cwd(sandboxes: Callable[..., Any]) -> None:
+def test_the_work_dir_exists_without_mounts_and_is_the_default_cwd(
+    sandboxes: Callable[..., Any], sdk_mode: str
+) -> None:
     sb = sandboxes(user_id=UID, work_dir="/home/project")
     r = sb.run("pwd && touch here && stat -c %u here")
     assert r.exit_code == 0, r.output
@@ -75,7 +81,7 @@ def test_the_work_dir_exists_without_mounts_and_is_the_default_cwd(sandboxes: Ca
 
 
 def test_named_volume_mount_is_writable(
-    sandboxes: Callable[..., Any], unique: Callable[[str], str], docker_client: Any
+    sandboxes: Callable[..., Any], unique: Callable[[str], str], docker_client: Any, sdk_mode: str
 ) -> None:
     name = unique("vol")
     sb = sandboxes(user_id=UID, volumes=[f"{name}:/workspace"])

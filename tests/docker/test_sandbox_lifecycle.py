@@ -1,4 +1,7 @@
-"""Lifecycle on a real engine: pause/resume, reattach from another process, list, logs, close, reap."""
+"""Lifecycle on a real engine: pause/resume, reattach from another process, list, logs, close, reap.
+
+Tests taking ``sdk_mode`` run twice: locally and through an ``agentbox serve`` process (see conftest).
+"""
 
 from __future__ import annotations
 
@@ -14,12 +17,13 @@ import pytest
 from agentbox.backends.base import SandboxState
 from agentbox.backends.labels import LABELS
 from agentbox.errors import SandboxError
+from agentbox.protocol import OutputChunk
 from agentbox.sandbox import AsyncSandbox, Sandbox, reap
 
 pytestmark = pytest.mark.docker
 
 
-def test_pause_and_resume_keep_processes_and_shell_state(sandboxes: Callable[..., Any]) -> None:
+def test_pause_and_resume_keep_processes_and_shell_state(sandboxes: Callable[..., Any], sdk_mode: str) -> None:
     sb = sandboxes()
     sb.run("mkdir -p /tmp/deep/dir && cd /tmp/deep/dir && export KEPT=yes")
     started = sb.run("sleep 1000 & echo $!")
@@ -51,7 +55,7 @@ def test_a_non_owning_handle_detaches_without_removing_or_taking_over(sandboxes:
     assert store.load(sb.id).owner_pid == owner_before
 
 
-def test_reattach_by_id_from_a_new_process(sandboxes: Callable[..., Any]) -> None:
+def test_reattach_by_id_from_a_new_process(sandboxes: Callable[..., Any], sdk_mode: str) -> None:
     sb = sandboxes()
     sb.run("cd /tmp && export FROM_FIRST=1")
     code = (
@@ -68,6 +72,8 @@ def test_reattach_by_id_from_a_new_process(sandboxes: Callable[..., Any]) -> Non
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     assert data == {"out": ["/tmp", "1"], "state": "running", "url": sb.url}
+    if sdk_mode == "service":
+        return  # no key on this side (the service holds it); the service tests check its records
     # the key is nowhere in docker inspect
     import docker
 
@@ -87,13 +93,14 @@ def test_the_session_key_is_not_in_docker_inspect_and_env_reaches_commands(
     assert sb._key not in dumped
 
 
-def test_list_logs_stop_start_and_close(sandboxes: Callable[..., Any], docker_client: Any) -> None:
+def test_list_logs_stop_start_and_close(sandboxes: Callable[..., Any], docker_client: Any, sdk_mode: str) -> None:
     sb = sandboxes()
     infos = {i.id: i for i in Sandbox.list()}
     info = infos[sb.id]
     assert info.container_id == sb.container_id
     assert info.state is SandboxState.RUNNING
-    assert info.owner_pid == os.getpid()
+    # The owner: this process locally; through the service, the token (no process owns it).
+    assert info.owner_pid == (os.getpid() if sdk_mode == "local" else None)
     assert info.url == sb.url
     assert sb.id in {i.id for i in Sandbox.list(all_owners=False)}
     assert "agentbox-server ready on" in sb.logs()
@@ -104,10 +111,12 @@ def test_list_logs_stop_start_and_close(sandboxes: Callable[..., Any], docker_cl
     sb.close()
     assert sb.state is SandboxState.REMOVED
     assert docker_client.api.containers(all=True, filters={"label": f"{LABELS.SANDBOX}={sb.id}"}) == []
-    assert not sb.backend.store.path(sb.id).exists()
+    assert sb.id not in {i.id for i in Sandbox.list()}
+    if sdk_mode == "local":
+        assert not sb.backend.store.path(sb.id).exists()
 
 
-def test_keep_runtime_alive_survives_close(sandboxes: Callable[..., Any]) -> None:
+def test_keep_runtime_alive_survives_close(sandboxes: Callable[..., Any], sdk_mode: str) -> None:
     sb = sandboxes(keep_runtime_alive=True)
     sb.close()
     assert sb.state is SandboxState.CLOSED
@@ -141,16 +150,20 @@ def test_reap_removes_orphans_of_dead_owners_only(
     assert mine.run("echo still").output.strip() == "still"
 
 
-def test_async_sandbox(runtime_image: str, labels: dict[str, str]) -> None:
+def test_async_sandbox(runtime_image: str, labels: dict[str, str], sdk_mode: str) -> None:
     import asyncio
 
-    async def main() -> tuple[str, str]:
+    async def main() -> tuple[str, str, list[str], bool]:
         async with AsyncSandbox(runtime_container_image=runtime_image, labels=labels) as sb:
             r = await sb.run("echo async")
             w = await sb.write_file("a.txt", "x")
-            return r.output.strip(), w.path
+            again = await AsyncSandbox.connect(sb.id, take_ownership=False)
+            chunks = [e.text async for e in again.stream("echo streamed") if isinstance(e, OutputChunk)]
+            await again.detach()
+            listed = sb.id in {i.id for i in await AsyncSandbox.list()}
+            return r.output.strip(), w.path, chunks, listed
 
-    assert asyncio.run(main()) == ("async", "/workspace/a.txt")
+    assert asyncio.run(main()) == ("async", "/workspace/a.txt", ["streamed\n"], True)
 
 
 def _leftovers(docker_client: Any, error: Any) -> list[Any]:

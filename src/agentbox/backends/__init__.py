@@ -1,14 +1,19 @@
 """Where sandboxes run: one small interface (:mod:`~agentbox.backends.base`), a frozen container spec with
-the pure function that turns it into engine arguments (:mod:`~agentbox.backends.spec`), and one module
-per engine (:mod:`~agentbox.backends.docker`)."""
+the pure function that turns it into engine arguments (:mod:`~agentbox.backends.spec`), one module
+per engine (:mod:`~agentbox.backends.docker`, :mod:`~agentbox.backends.swarm`), and the client side of a
+control plane (:mod:`~agentbox.backends.service`: ``Sandbox(server=..., token=...)``)."""
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
 from agentbox.backends.spec import ContainerSpec, spec_from_config, to_docker_args
 from agentbox.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agentbox.backends.service import ServiceBackend
 
 __all__ = [
     "BACKENDS",
@@ -19,6 +24,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxState",
     "get_backend",
+    "get_service_backend",
     "spec_from_config",
     "to_docker_args",
 ]
@@ -49,4 +55,19 @@ def get_backend(name: str = "docker") -> Backend:
             else:
                 raise ConfigError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
             _instances[name] = backend
+        return backend
+
+
+_services: dict[tuple[str, str], ServiceBackend] = {}
+
+
+def get_service_backend(server: str, token: str) -> ServiceBackend:
+    """The process-wide backend of the agentbox service at ``server`` as ``token`` (one connection pool)."""
+    from agentbox.backends.service import ServiceBackend
+
+    key = (server.rstrip("/"), token)
+    with _lock:
+        backend = _services.get(key)
+        if backend is None:
+            backend = _services[key] = ServiceBackend(server, token)
         return backend

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -27,6 +28,7 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
     "IMAGES_PANEL",
+    "REMOTE",
     "SANDBOX_PANEL",
     "SETUP_PANEL",
     "ConfigOpt",
@@ -62,6 +64,43 @@ app = typer.Typer(
 # columns when piped; tables are still laid out to the width.
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+
+@dataclass
+class Remote:
+    """The agentbox service the sandbox commands go through (``--server``/``--token``); None: local."""
+
+    server: str | None = None
+    token: str | None = None
+
+
+#: Set from the global options on every invocation, before the command runs.
+REMOTE = Remote()
+
+
+@app.callback()
+def _global_options(
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", envvar="AGENTBOX_SERVER", metavar="URL", show_default=False,
+            help="Make and use sandboxes through this agentbox service (`agentbox serve`) instead of the "
+            "local Docker engine.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="AGENTBOX_TOKEN", metavar="TOKEN", show_default=False,
+            help="Bearer token for --server (`agentbox token create` prints one).",
+        ),
+    ] = None,
+) -> None:
+    """Disposable, isolated Linux sandboxes for AI agents on a real Docker engine."""
+    REMOTE.server = server or None
+    REMOTE.token = token
+
 
 ConfigOpt = Annotated[
     str | None,

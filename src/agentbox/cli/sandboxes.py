@@ -20,6 +20,7 @@ from agentbox.errors import AgentboxError, ConfigError, SandboxError
 from ._app import (
     EXIT_RUNTIME,
     EXIT_TIMEOUT,
+    REMOTE,
     SANDBOX_PANEL,
     ConfigOpt,
     JsonOpt,
@@ -168,7 +169,9 @@ def start_sandbox(config: SandboxConfig, labels: dict[str, str] | None = None) -
 
     # A cache hit takes milliseconds; only a real build or pull, which takes seconds, is worth showing.
     with progress_reporter("starting a sandbox", quiet_for=1.0) as progress:
-        return Sandbox(config=config, labels=labels, progress=progress).start()
+        return Sandbox(
+            config=config, labels=labels, progress=progress, server=REMOTE.server, token=REMOTE.token
+        ).start()
 
 
 def command_timeout(resolved: ResolvedConfig) -> float | None:
@@ -193,7 +196,13 @@ def connect(sandbox_id: str) -> Sandbox:
     """A non-owning handle on an existing sandbox; SandboxNotFoundError (exit 1) when there is none."""
     from agentbox.sandbox import Sandbox
 
-    return Sandbox.connect(sandbox_id, take_ownership=False)
+    return Sandbox.connect(sandbox_id, take_ownership=False, server=REMOTE.server, token=REMOTE.token)
+
+
+def local_only(what: str) -> None:
+    """Refuse ``what`` through a service: it needs this host's engine (a usage error, exit 2)."""
+    if REMOTE.server is not None:
+        raise ConfigError(f"{what} needs the local Docker engine; it is not available through --server")
 
 
 @command("run", rich_help_panel=SANDBOX_PANEL)
@@ -335,6 +344,8 @@ def shell_cmd(sandbox_id: IdArg) -> None:
             "`agentbox shell` needs a terminal (stdin and stdout must be a TTY); "
             f"to run a command without one use: agentbox exec {sandbox_id} -- CMD"
         )
+    # `docker exec -it` on this host's engine; through a service, `exec` reaches the sandbox.
+    local_only("`agentbox shell`")
     sandbox = connect(sandbox_id)
     argv = shell_argv(sandbox)
     release(sandbox)
@@ -382,7 +393,10 @@ def ls_cmd(
     from agentbox.sandbox import Sandbox
 
     oldest = datetime.min.replace(tzinfo=timezone.utc)
-    infos = sorted(Sandbox.list(all_owners=not mine), key=lambda info: info.created or oldest)
+    infos = sorted(
+        Sandbox.list(all_owners=not mine, server=REMOTE.server, token=REMOTE.token),
+        key=lambda info: info.created or oldest,
+    )
     if as_json:
         print_json([info_json(info) for info in infos])
         return
@@ -423,6 +437,8 @@ def logs_cmd(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
 ) -> None:
     """Print a sandbox's log (its runtime server's output)."""
+    if follow:
+        local_only("`agentbox logs --follow`")  # the service's logs route has no follow mode yet
     sandbox = connect(sandbox_id)
     try:
         if follow:
@@ -495,6 +511,7 @@ def reap_cmd(
     """Remove this host's sandboxes whose owner process is gone (keep-alive ones are spared)."""
     from agentbox.sandbox import reap
 
+    local_only("`agentbox reap` (a service removes its own sandboxes)")
     ids = reap(dry_run=dry_run)
     if as_json:
         print_json({"dry_run": dry_run, "ids": ids})
