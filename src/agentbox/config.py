@@ -175,11 +175,14 @@ class SandboxConfig(BaseModel):
         "address.",
         json_schema_extra=_form("an IP address of the manager node"),
     )
+    # A limit of the swarm, not a setting of one sandbox: left out of the dumped form a sandbox's record
+    # keeps (and a client's configuration cannot carry it).
     swarm_max_per_node: int | None = Field(
         None,
         description="Most sandboxes a Swarm node runs at once; a create when every eligible node is full "
         "is refused. Unset: no limit.",
         json_schema_extra=_form("a whole number > 0"),
+        exclude=True,
     )
     runtime: Literal["runc", "runsc"] = Field(
         "runc",
