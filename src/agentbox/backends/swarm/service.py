@@ -32,10 +32,9 @@ RUNTIME_REFUSED = (
 ENTRYPOINT = "/opt/agentbox/bin/agentbox-entrypoint"
 #: Written after the session key (a second archive): the key file is complete when this exists.
 DELIVERED = ".delivered"
-_WAIT = (
-    f'while [ ! -e /run/agentbox/{DELIVERED} ]; do sleep 0.02; done; rm -f /run/agentbox/{DELIVERED}; '
-    f'exec {ENTRYPOINT} "$@"'
-)
+# The marker stays: removing it as soon as it appears raced the engine's extraction of it (which creates
+# the file, then lchowns it: "lchown /run/agentbox/.delivered: no such file or directory").
+_WAIT = f'while [ ! -e /run/agentbox/{DELIVERED} ]; do sleep 0.02; done; exec {ENTRYPOINT} "$@"'
 
 
 def workspace_volume(sandbox_id: str) -> str:
