@@ -175,6 +175,15 @@ class SandboxConfig(BaseModel):
         "address.",
         json_schema_extra=_form("an IP address of the manager node"),
     )
+    # A limit of the swarm, not a setting of one sandbox: left out of the dumped form a sandbox's record
+    # keeps (and a client's configuration cannot carry it).
+    swarm_max_per_node: int | None = Field(
+        None,
+        description="Most sandboxes a Swarm node runs at once; a create when every eligible node is full "
+        "is refused. Unset: no limit.",
+        json_schema_extra=_form("a whole number > 0"),
+        exclude=True,
+    )
     runtime: Literal["runc", "runsc"] = Field(
         "runc",
         description="OCI runtime: runc, or runsc for gVisor.",
@@ -324,7 +333,7 @@ class SandboxConfig(BaseModel):
             raise ValueError("must be at least 6m (Docker's minimum)")
         return value
 
-    @field_validator("pids_limit")
+    @field_validator("pids_limit", "swarm_max_per_node")
     @classmethod
     def _pids(cls, value: int | None) -> int | None:
         if value is not None and value <= 0:

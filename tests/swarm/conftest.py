@@ -47,6 +47,12 @@ def backend(cluster: swarm_cluster.Cluster) -> SwarmBackend:
 
 
 @pytest.fixture()
+def labels() -> dict[str, str]:
+    """The labels everything a test makes carries (the session's: swept with the swarm at the end)."""
+    return dict(LABELS)
+
+
+@pytest.fixture()
 def sandbox(backend: SwarmBackend, image: str) -> Iterator[Callable[..., Sandbox]]:
     """Started sandboxes on the swarm (``backend=`` another SwarmBackend for other placement settings)."""
     made: list[Sandbox] = []

@@ -46,6 +46,19 @@ POOL = "10.212.0.0/16"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+#: The pid of the process that built the fixture: a later run clears the remains once that one is gone.
+OWNER = RUN / "owner"
+
+
+def _owner() -> int | None:
+    """The live process (not this one) that built the fixture on the machine, if any."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(OWNER.read_text())
+        if pid != os.getpid() and Path(f"/proc/{pid}").exists():
+            return pid
+    return None
+
+
 class ClusterError(RuntimeError):
     """The swarm could not be built; the message says which step and why."""
 
@@ -106,11 +119,16 @@ class Cluster:
         for tool in ("ip", "unshare", "dockerd", "docker", "setsid"):
             if shutil.which(tool) is None:
                 raise ClusterError(f"{tool} is not installed (iproute2, util-linux, docker.io)")
-        if _run("ip", "netns", "list", check=False).stdout.find(LAN) >= 0 or RUN.exists():
-            raise ClusterError(f"a swarm fixture already exists ({LAN} or {RUN}): another run, or a crashed one "
-                               f"(remove it with: python {__file__} down)")
+        if self.leftovers():
+            owner = _owner()
+            if owner is not None:
+                raise ClusterError(f"a swarm fixture is in use by process {owner} ({LAN}, {RUN}); if that is not "
+                                   f"a test run, remove it with: python {__file__} down")
+            # A killed run's remains (its teardown never ran; its dockerds may still run): ours to clear.
+            self.down()
         (DATA / "logs").mkdir(parents=True, exist_ok=True)
         RUN.mkdir(parents=True, exist_ok=True)
+        OWNER.write_text(str(os.getpid()))
         _run("ip", "netns", "add", LAN)
         _run("ip", "-n", LAN, "link", "set", "lo", "up")
         _run("ip", "-n", LAN, "link", "add", "br0", "type", "bridge")
@@ -265,6 +283,9 @@ class Cluster:
         shutil.rmtree(DATA, ignore_errors=True)
         shutil.rmtree(RUN, ignore_errors=True)
         self.started = False
+        left = self.leftovers()
+        if left:
+            raise ClusterError(f"the swarm fixture left {', '.join(left)} behind (python {__file__} down)")
 
     def leftovers(self) -> list[str]:
         """What of this fixture still exists on the machine (empty after ``down``)."""
@@ -291,7 +312,8 @@ def shared(add_cleanup: Callable[[Callable[[], None]], None], images: list[str])
         try:
             cluster.up()
         except BaseException:
-            cluster.down()
+            with contextlib.suppress(ClusterError):  # the cleanup registered above says what is left
+                cluster.down()
             raise
         # Bind mounts: node2 says it has /tmp (here every node shares the host's files; one is chosen).
         cluster.docker(1, "node", "update", "--label-add", "agentbox.paths=/tmp", "node2")

@@ -26,6 +26,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,10 +40,11 @@ from agentbox.backends.docker.networks import NetworkRef, resolve_network_name
 from agentbox.backends.docker.once import OnceByKey
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
 from agentbox.backends.ownership import remove_orphans
-from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, SERVER_PORT, ContainerSpec
+from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, SERVER_PORT, ContainerSpec, with_server_volume
 from agentbox.backends.state import StateStore
+from agentbox.backends.swarm.placement import PATHS_LABEL, Node, choose, pinned_node
 from agentbox.backends.swarm.relay import Relay, sandbox_path
-from agentbox.backends.swarm.service import DELIVERED, ServicePlan, service_args, workspace_volume
+from agentbox.backends.swarm.service import DELIVERED, RUNTIME_REFUSED, ServicePlan, service_args, workspace_volume
 from agentbox.errors import (
     ConfigError,
     EngineUnavailableError,
@@ -51,6 +53,7 @@ from agentbox.errors import (
     SandboxNotFoundError,
     SandboxStartError,
 )
+from agentbox.images.server_volume import ensure_server_volume
 
 if TYPE_CHECKING:
     import docker
@@ -60,21 +63,13 @@ __all__ = ["PATHS_LABEL", "SwarmBackend"]
 
 log = logging.getLogger("agentbox.backends.swarm")
 
-#: Node label listing the host directories a node provides to bind mounts (comma-separated prefixes):
-#: ``docker node update --label-add agentbox.paths=/srv/data,/home node2``.
-PATHS_LABEL = "agentbox.paths"
 ROLE_SANDBOX_NET = "sandbox"
+#: Service label set when agentbox first sees a sandbox's node down (value: the node's hostname). The
+#: service is scaled to 0 at the same time, so no later reconcile of the swarm starts it again, fresh,
+#: on that node; the sandbox stays ``lost`` until it is removed (or replaced by a new one).
+LOST_LABEL = "agentbox.lost-on"
 
 _STARTING = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
-
-
-@dataclass(frozen=True)
-class Node:
-    id: str
-    hostname: str
-    state: str
-    addr: str
-    labels: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -91,6 +86,14 @@ def _parse_created(value: str | None) -> datetime | None:
         with contextlib.suppress(ValueError):
             return datetime.fromisoformat(value)
     return None
+
+
+def _lost_message(hostname: str) -> str:
+    return (
+        f"the sandbox is lost: its node {hostname} went down, and with it the sandbox's processes and files "
+        "(Swarm does not move a sandbox: a copy elsewhere would start with a fresh filesystem); remove it, "
+        "or create a new one in its place"
+    )
 
 
 def _client(url: str | None) -> docker.DockerClient:
@@ -123,6 +126,10 @@ class SwarmBackend(Backend):
         self._facts: OnceByKey[str, Any] = OnceByKey()
         self._nodes: dict[str, docker.DockerClient] = {}
         self._images: OnceByKey[str, str] = OnceByKey()
+        # Placement in this process, one at a time: a node chosen but not yet holding its service
+        # counts in _reserved, so two creates at once do not both take a node's last free place.
+        self._placing = threading.Lock()
+        self._reserved: dict[str, int] = {}
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -184,6 +191,10 @@ class SwarmBackend(Backend):
             n["ID"]: Node(
                 id=n["ID"], hostname=n["Description"]["Hostname"], state=n["Status"].get("State", ""),
                 addr=n["Status"].get("Addr", ""), labels=(n.get("Spec") or {}).get("Labels") or {},
+                role=(n.get("Spec") or {}).get("Role", ""),
+                os=(n["Description"].get("Platform") or {}).get("OS", ""),
+                arch=(n["Description"].get("Platform") or {}).get("Architecture", ""),
+                engine_labels=(n["Description"].get("Engine") or {}).get("Labels") or {},
             )
             for n in found
         }
@@ -222,19 +233,24 @@ class SwarmBackend(Backend):
 
     def _running_task(self, service_id: str) -> tuple[Node, Task]:
         """The node and task of a sandbox that should be running; a clear error when its node is down."""
+        lost_on = (self._service(service_id)["Spec"].get("Labels") or {}).get(LOST_LABEL)
+        if lost_on is not None:
+            raise SandboxError(_lost_message(lost_on))
         task = self._tasks(service_id).get(service_id)
         if task is None or task.container_id is None:
             raise SandboxError(f"the sandbox service {service_id[:12]} has no running task")
         node = self.nodes().get(task.node_id)
         if node is None or node.state != "ready":
             where = node.hostname if node else task.node_id
-            raise SandboxError(f"the sandbox is lost: its node {where} is down (Swarm does not move it)")
+            raise SandboxError(_lost_message(where))
         return node, task
 
     # -- images --------------------------------------------------------------------------------------------
 
     def resolve_image(self, config: SandboxConfig, progress: Progress | None = None, *, refresh: bool = False) -> str:
         """The runtime image, built on the local engine if needed and loaded into every node lacking it."""
+        if config.runtime != "runc":
+            raise ConfigError(RUNTIME_REFUSED.format(runtime=config.runtime))
         if config.runtime_container_image:
             image = config.runtime_container_image
         else:
@@ -274,37 +290,39 @@ class SwarmBackend(Backend):
 
     # -- placement -----------------------------------------------------------------------------------------
 
-    def _constraints(self, spec: ContainerSpec) -> tuple[str, ...]:
-        """The configured constraints; without any, a pin to the least busy node (that has every
-        bind-mounted host path)."""
-        constraints = list(self.settings.placement)
-        binds = [m for m in spec.mounts if m.kind == "bind"]
-        if (constraints and not binds) or any(
-            c.replace(" ", "").startswith(("node.hostname==", "node.id==")) for c in constraints
-        ):
-            return tuple(constraints)  # the operator's placement, or the operator chose the node
-        nodes = [n for n in self.nodes().values() if n.state == "ready"]
+    def load(self) -> dict[str, int]:
+        """Sandboxes placed on each node (node id -> count): every sandbox service not scaled to 0, by the
+        node it is pinned to (else by where its task is). Read from the manager's store, so a service
+        just created counts at once, before its task exists."""
+        with engine_errors("listing sandbox services"):
+            services = self.api.services(filters={"label": LABELS.SANDBOX})
+        tasks: dict[str, Task] | None = None
+        load: dict[str, int] = {}
+        for service in services:
+            spec = service["Spec"]
+            if ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1) == 0:
+                continue
+            node_id = pinned_node(((spec["TaskTemplate"].get("Placement") or {}).get("Constraints")) or [])
+            if node_id is None:
+                tasks = self._tasks() if tasks is None else tasks
+                task = tasks.get(service["ID"])
+                node_id = task.node_id if task is not None and task.desired == "running" else None
+            if node_id:
+                load[node_id] = load.get(node_id, 0) + 1
+        return load
 
-        def provides(node: Node, path: str) -> bool:
-            prefixes = [p.strip().rstrip("/") for p in node.labels.get(PATHS_LABEL, "").split(",") if p.strip()]
-            return any(path == p or path.startswith(p + "/") or p == "" for p in prefixes)
-
-        able = [n for n in nodes if all(provides(n, m.source) for m in binds)]
-        if not able:
-            paths = ", ".join(m.source for m in binds)
-            raise ConfigError(
-                f"no swarm node has the host path(s) {paths} for a bind mount: label the node that has them "
-                f"(docker node update --label-add {PATHS_LABEL}=/path NODE) or add a placement constraint "
-                "node.hostname==NODE; or use a named volume, which works on any node"
-            )
-        # Spread among the nodes that can: the one running the fewest sandboxes. Swarm's own spreading
-        # counts tasks per service first, and each sandbox is a service of its own: it stacks them.
-        load = {n.id: 0 for n in able}
-        for task in self._tasks().values():
-            if task.node_id in load and task.desired == "running":
-                load[task.node_id] += 1
-        chosen = min(able, key=lambda n: (load[n.id], n.hostname))
-        return (*constraints, f"node.id=={chosen.id}")
+    def _place(self, spec: ContainerSpec) -> tuple[tuple[str, ...], str]:
+        """The service's constraints (the configured ones and a pin to the node chosen for it) and that
+        node's id; the caller holds ``_placing`` and counts the node in ``_reserved`` until it is made."""
+        load = self.load()
+        for node_id, count in self._reserved.items():
+            load[node_id] = load.get(node_id, 0) + count
+        node = choose(
+            self.nodes().values(), load, constraints=self.settings.placement,
+            bind_paths=[m.source for m in spec.mounts if m.kind == "bind"],
+            max_per_node=self.settings.swarm_max_per_node,
+        )
+        return (*self.settings.placement, f"node.id=={node.id}"), node.id
 
     def _overlays(self) -> builtins.list[NetworkRef]:
         with engine_errors("listing networks"):
@@ -363,12 +381,18 @@ class SwarmBackend(Backend):
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     def create(self, spec: ContainerSpec) -> str:
-        """Create the sandbox's overlay, let the relay join it, and create the one-task service."""
+        """Place the sandbox on a node, give it the server volume there, create its overlay, let the relay
+        join it, and create the one-task service pinned to that node; nothing is left on failure."""
+        service_args(spec, ServicePlan(networks=()))  # refuse what Swarm cannot do before making anything
         created: list[str] = []
         relay = self.relay
+        with self._placing:
+            constraints, node_id = self._place(spec)
+            self._reserved[node_id] = self._reserved.get(node_id, 0) + 1
         try:
-            constraints = self._constraints(spec)
-            service_args(spec, ServicePlan(networks=()))  # refuse what Swarm cannot do before making anything
+            hostname = self.nodes()[node_id].hostname
+            # The runtime server's own code, read-only (as on Docker): the volume is filled on that node.
+            spec = with_server_volume(spec, self._server_volume(hostname, spec.image))
             networks = self._networks(spec, created)
             relay.url(spec.image)
             relay.join(networks[0])
@@ -380,6 +404,15 @@ class SwarmBackend(Backend):
                 relay.leave(name)
                 self._remove_network(name)
             raise
+        finally:
+            with self._placing:
+                self._reserved[node_id] -= 1
+
+    def _server_volume(self, hostname: str, image: str) -> str | None:
+        """The image's server volume on node ``hostname`` (:mod:`agentbox.images.server_volume`), filled
+        there on first use; None for an image without an agentbox server."""
+        self.node_api(hostname)
+        return ensure_server_volume(self._nodes[hostname], image)
 
     def start(
         self, container_id: str, files: Mapping[str, tuple[bytes, int]], *, timeout: float, restart: bool = False
@@ -387,6 +420,9 @@ class SwarmBackend(Backend):
         """Wait for the task to run, hand it ``files`` on its node, and follow its log to the ready line."""
         deadline = time.monotonic() + timeout
         if restart:
+            lost_on = (self._service(container_id)["Spec"].get("Labels") or {}).get(LOST_LABEL)
+            if lost_on is not None:
+                raise SandboxError(_lost_message(lost_on))
             self._scale(container_id, 1)
         node, task = self._wait_task(container_id, deadline)
         assert task.container_id is not None
@@ -505,10 +541,12 @@ class SwarmBackend(Backend):
         from docker.errors import APIError, NotFound
 
         try:
-            labels = self._service(container_id)["Spec"].get("Labels") or {}
+            spec = self._service(container_id)["Spec"]
         except SandboxNotFoundError:
             return
+        labels = spec.get("Labels") or {}
         sandbox_id = labels.get(LABELS.SANDBOX, "")
+        pinned = pinned_node((spec["TaskTemplate"].get("Placement") or {}).get("Constraints") or [])
         containers = self._containers_of(container_id)
         with engine_errors("removing the sandbox service"), contextlib.suppress(NotFound):
             self.api.remove_service(container_id)
@@ -522,7 +560,12 @@ class SwarmBackend(Backend):
         for net in nets:
             self.relay.leave(net["Name"])
             self._remove_network(net["Name"])
+        # Its volumes are where its containers were, and on the node it is pinned to (a lost sandbox's
+        # stale copy may be gone already, its work dir volume not).
+        nodes = self.nodes()
         volumes = {hostname for hostname, _ in containers}
+        if pinned in nodes and nodes[pinned].state == "ready" and nodes[pinned].hostname in self.settings.swarm_nodes:
+            volumes.add(nodes[pinned].hostname)
         for hostname in volumes:
             api = self.node_api(hostname)
             with contextlib.suppress(APIError):
@@ -567,6 +610,8 @@ class SwarmBackend(Backend):
 
     def _state(self, service: Mapping[str, Any], task: Task | None, nodes: Mapping[str, Node]) -> SandboxState:
         replicas = ((service["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1)
+        if LOST_LABEL in (service["Spec"].get("Labels") or {}):
+            return SandboxState.LOST
         if task is None:
             return SandboxState.STOPPED if replicas == 0 else SandboxState.STARTING
         node = nodes.get(task.node_id)
@@ -594,7 +639,10 @@ class SwarmBackend(Backend):
         for service in services:
             labels = service["Spec"].get("Labels") or {}
             sandbox_id = labels.get(LABELS.SANDBOX, "")
-            state = self._state(service, tasks.get(service["ID"]), nodes)
+            task = tasks.get(service["ID"])
+            state = self._state(service, task, nodes)
+            if state is SandboxState.LOST:
+                self._settle_lost(service, task, nodes)
             record = None
             with contextlib.suppress(SandboxError):
                 record = self.store.load(sandbox_id) if sandbox_id else None
@@ -613,6 +661,30 @@ class SwarmBackend(Backend):
                 keep_alive=labels.get(LABELS.KEEP_ALIVE) == "1", labels=dict(labels),
             ))
         return sorted(infos, key=lambda i: (i.created or datetime.min.replace(tzinfo=timezone.utc), i.id))
+
+    def _settle_lost(self, service: Mapping[str, Any], task: Task | None, nodes: Mapping[str, Node]) -> None:
+        """First sight of a lost sandbox: scale it to 0 and label it with its node (never started again);
+        later, once that node is back: remove the stale copy of it that the node still holds."""
+        from docker.errors import APIError
+
+        labels = service["Spec"].get("Labels") or {}
+        lost_on = labels.get(LOST_LABEL)
+        if lost_on is None:
+            node = nodes.get(task.node_id) if task is not None else None
+            hostname = node.hostname if node is not None else (task.node_id if task is not None else "?")
+            log.warning("sandbox %s is lost: its node %s is down", labels.get(LABELS.SANDBOX), hostname)
+            with contextlib.suppress(APIError):  # another process marked it meanwhile: theirs stands
+                self.api.update_service(
+                    service["ID"], service["Version"]["Index"], mode={"Replicated": {"Replicas": 0}},
+                    labels={**labels, LOST_LABEL: hostname}, fetch_current_spec=True,
+                )
+            return
+        if any(n.hostname == lost_on and n.state == "ready" for n in nodes.values()):
+            for hostname, cid in self._containers_of(str(service["ID"])):
+                log.warning("removing the stale copy %s of lost sandbox %s on node %s", cid[:12],
+                            labels.get(LABELS.SANDBOX), hostname)
+                with contextlib.suppress(APIError):
+                    self.node_api(hostname).remove_container(cid, force=True)
 
     def list(
         self, *, owner_host: str | None = None, labels: Mapping[str, str] | None = None

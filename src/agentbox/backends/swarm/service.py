@@ -16,19 +16,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
-from agentbox.backends.spec import ContainerSpec
+from agentbox.backends.spec import SERVER_DIR, ContainerSpec
 from agentbox.errors import ConfigError
 
-__all__ = ["DELIVERED", "ENTRYPOINT", "ServicePlan", "service_args", "workspace_volume"]
+__all__ = ["DELIVERED", "ENTRYPOINT", "RUNTIME_REFUSED", "ServicePlan", "service_args", "workspace_volume"]
+
+#: Why runtime="runsc" (any runtime but the node's default) is refused, before anything is built or made.
+RUNTIME_REFUSED = (
+    "runtime={runtime!r} cannot be used on Swarm: a Swarm service cannot choose an OCI runtime (the service "
+    "spec has no runtime field, Docker API 1.41); make it the default runtime of every node's dockerd "
+    '("default-runtime" in its daemon.json) and leave runtime at runc'
+)
 
 #: The image's own entrypoint, run once the key is there.
 ENTRYPOINT = "/opt/agentbox/bin/agentbox-entrypoint"
 #: Written after the session key (a second archive): the key file is complete when this exists.
 DELIVERED = ".delivered"
-_WAIT = (
-    f'while [ ! -e /run/agentbox/{DELIVERED} ]; do sleep 0.02; done; rm -f /run/agentbox/{DELIVERED}; '
-    f'exec {ENTRYPOINT} "$@"'
-)
+# The marker stays: removing it as soon as it appears raced the engine's extraction of it (which creates
+# the file, then lchowns it: "lchown /run/agentbox/.delivered: no such file or directory").
+_WAIT = f'while [ ! -e /run/agentbox/{DELIVERED} ]; do sleep 0.02; done; exec {ENTRYPOINT} "$@"'
 
 
 def workspace_volume(sandbox_id: str) -> str:
@@ -63,10 +69,7 @@ def service_args(spec: ContainerSpec, plan: ServicePlan) -> dict[str, Any]:
     if spec.network_mode == "host":
         raise ConfigError("use_host_network cannot be used on Swarm: a sandbox's node is not this host")
     if spec.runtime:
-        raise ConfigError(
-            f"runtime={spec.runtime!r}: Swarm services cannot choose an OCI runtime (Docker API 1.41); make it "
-            "the default runtime of every node's dockerd and leave runtime at runc"
-        )
+        raise ConfigError(RUNTIME_REFUSED.format(runtime=spec.runtime))
     sandbox_id = spec.label_map.get(LABELS.SANDBOX, "")
     # Volumes the engine creates for the task carry the caller's labels (a test's session label...).
     volume_labels = {k: v for k, v in spec.labels if k not in IDENTITY_LABELS}
@@ -75,6 +78,8 @@ def service_args(spec: ContainerSpec, plan: ServicePlan) -> dict[str, Any]:
     for m in spec.mounts:
         if m.kind == "bind":
             mounts.append(Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only))
+        elif m.target == SERVER_DIR:  # shared by every sandbox of the image on the node: not this one's
+            mounts.append(Mount(target=m.target, source=m.source, type="volume", read_only=True))
         else:
             mounts.append(Mount(target=m.target, source=m.source, type="volume", read_only=m.read_only,
                                 labels=volume_labels))

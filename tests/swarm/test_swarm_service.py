@@ -1,0 +1,161 @@
+"""The control plane on the swarm: a real ``agentbox serve`` process (backend = "swarm") creating sandboxes
+as swarm services, proxying commands to them through the relay, and removing them; its warm pool too."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agentbox.backends.swarm import SwarmBackend
+from agentbox.errors import SandboxNotFoundError
+from agentbox.service.app import ADMIN_TOKEN_FILE, READY_PREFIX
+
+AGENTBOX = str(Path(sys.executable).with_name("agentbox"))
+
+
+class Service:
+    """One ``agentbox serve`` process (it inherits the environment that points agentbox at the swarm)."""
+
+    def __init__(self, data_dir: Path, config: Path) -> None:
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen(
+            [AGENTBOX, "serve", "--port", "0", "--data-dir", str(data_dir), "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.stderr: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:  # to the end: a pipe nobody reads would block the service once full
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.stderr.append(line)
+                if line.startswith(READY_PREFIX):
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        ready.wait(180)
+        found = [ln.strip()[len(READY_PREFIX):] for ln in self.stderr if ln.startswith(READY_PREFIX)]
+        if not found:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"agentbox serve did not come up: {''.join(self.stderr)}")
+        self.url = found[0]
+
+    def admin(self) -> httpx.Client:
+        token = (self.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=180)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture()
+def serve(
+    tmp_path: Path, image: str, backend: SwarmBackend, labels: dict[str, str]
+) -> Iterator[Callable[[str], Service]]:
+    """Start a service on the swarm with ``extra`` TOML; stopped, and its sandboxes removed, after."""
+    made: list[Service] = []
+
+    def start(extra: str = "") -> Service:
+        config = tmp_path / "service.toml"
+        config.write_text(f'[sandbox]\nbackend = "swarm"\nruntime_container_image = "{image}"\n{extra}\n')
+        svc = Service(tmp_path / "data", config)
+        made.append(svc)
+        return svc
+
+    try:
+        yield start
+    finally:
+        for svc in made:
+            svc.stop()
+            print("".join(svc.stderr)[-4000:])  # shown when the test fails
+        for info in backend.list(labels=labels):
+            if info.labels.get("agentbox.service"):
+                with contextlib.suppress(Exception):
+                    backend.remove(info.container_id, purge_volumes=True)
+
+
+def _create(client: httpx.Client, labels: dict[str, str]) -> dict[str, Any]:
+    r = client.post("/v1/sandboxes", json={"labels": labels})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _run(client: httpx.Client, sandbox_id: str, command: str) -> str:
+    r = client.post(f"/v1/sandboxes/{sandbox_id}/runtime/sessions/default/run", json={"command": command})
+    assert r.status_code == 200, r.text
+    return str(r.json()["output"])
+
+
+def _on_node(backend: SwarmBackend, sandbox_id: str) -> str:
+    info = backend.find(sandbox_id)
+    task = backend._tasks(info.container_id, desired="running")[info.container_id]
+    return backend.nodes()[task.node_id].hostname
+
+
+def test_the_service_serves_sandboxes_from_the_swarm(
+    serve: Callable[[str], Service], backend: SwarmBackend, labels: dict[str, str]
+) -> None:
+    svc = serve("")
+    with svc.admin() as client:
+        made = _create(client, labels)
+        sid = made["id"]
+        assert made["state"] == "running"
+        assert _on_node(backend, sid) in {"node1", "node2", "node3"}  # a swarm service, placed by agentbox
+        assert _run(client, sid, "cd /tmp && echo $((6*7))") == "42\n"
+        assert client.post(f"/v1/sandboxes/{sid}/pause").json()["state"] == "paused"
+        assert client.post(f"/v1/sandboxes/{sid}/resume").json()["state"] == "running"
+        assert _run(client, sid, "pwd") == "/tmp\n"  # the same shell: pause froze it on its node
+        logs = client.get(f"/v1/sandboxes/{sid}/logs", params={"tail": 50})
+        assert logs.status_code == 200 and "agentbox-server ready on" in logs.text
+        # A client cannot point the service at another swarm.
+        r = client.post("/v1/sandboxes", json={"labels": labels, "config": {"swarm_manager": "tcp://evil:2375"}})
+        assert r.status_code in (403, 422), r.text
+        assert client.delete(f"/v1/sandboxes/{sid}").status_code == 200
+        assert client.get(f"/v1/sandboxes/{sid}").status_code == 404
+    with pytest.raises(SandboxNotFoundError):
+        backend.find(sid)
+    assert svc.proc.poll() is None  # it served all of that without dying
+
+
+def test_the_service_pool_works_on_the_swarm(
+    serve: Callable[[str], Service], backend: SwarmBackend, labels: dict[str, str]
+) -> None:
+    pool_labels = ", ".join(f'"{k}" = "{v}"' for k, v in labels.items())
+    svc = serve(f'[[pool]]\nname = "warm"\nsize = 1\nlabels = {{ {pool_labels} }}\n')
+    with svc.admin() as client:
+        deadline = time.monotonic() + 180  # bounded: a hang fails, the time taken is not asserted
+        while not backend.list(labels={"agentbox.service-pool": "warm", **labels}):
+            assert time.monotonic() < deadline, "the pool did not fill"
+            time.sleep(0.2)
+        waiting = backend.list(labels={"agentbox.service-pool": "warm", **labels})[0].id
+        while _pool_free(client) != 1:
+            assert time.monotonic() < deadline, "the pool did not report its sandbox ready"
+            time.sleep(0.2)
+        got = _create(client, labels)
+        assert got["id"] == waiting and got["state"] == "running"
+        assert _run(client, waiting, "echo from-pool") == "from-pool\n"
+        assert client.delete(f"/v1/sandboxes/{waiting}").status_code == 200
+
+
+def _pool_free(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('agentbox_pool_free{pool="warm"}'):
+            return float(line.split()[-1])
+    return -1
