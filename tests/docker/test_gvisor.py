@@ -188,3 +188,11 @@ def test_pause_and_resume_under_gvisor(gvisor: Callable[..., Any]) -> None:
     assert r.output.split() == ["/tmp", "yes", "sleep"], r.output
     # sudo's broker survives the pause too
     assert sb.run("sudo -n id -u").output.strip() == "0"
+
+
+def test_doctor_says_what_differs_under_gvisor_before_a_sandbox_starts(gvisor: Callable[..., Any]) -> None:
+    from agentbox.doctor import register_runsc
+
+    check = register_runsc(fix=False, progress=lambda _line: None)
+    assert check.ok
+    assert "sudo" in check.detail and "broker" in check.detail and "statx" in check.detail, check.detail
