@@ -174,6 +174,11 @@ def server_command(config: SandboxConfig, *, host: str, port: int) -> tuple[str,
     command = ["--uid", str(config.user_id), "--work-dir", config.work_dir, "--host", host, "--port", str(port)]
     if config.hardened:
         command.append("--hardened")
+    elif config.runtime == "runsc":
+        # gVisor (at least up to Debian's 0.0~20221219) sets no_new_privs on every task whatever the
+        # OCI spec says, so /usr/bin/sudo cannot elevate: the entrypoint gives default mode its sudo
+        # through a root broker instead (images/files/agentbox-sudo).
+        command.append("--no-setuid")
     return tuple(command)
 
 
