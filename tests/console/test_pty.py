@@ -35,7 +35,7 @@ async def runtime_server(tmp_path: Path) -> AsyncIterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning",
-                                           ws="websockets-sansio", lifespan="on"))
+                                           lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
