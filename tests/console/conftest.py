@@ -5,6 +5,7 @@ The browser tests are ``docker`` tests (marked here by path); the PTY tests need
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ def docker_client() -> Iterator[Any]:
     try:
         yield client
     finally:
+        # Whatever this session labelled and left (e.g. a probe container whose start failed).
+        from console_env import SESSION, SESSION_LABEL
+        from docker.errors import APIError
+
+        for c in client.api.containers(all=True, filters={"label": f"{SESSION_LABEL}={SESSION}"}):
+            with contextlib.suppress(APIError):
+                client.api.remove_container(c["Id"], force=True, v=True)
         client.close()
 
 

@@ -44,7 +44,7 @@ def output_dir() -> Path:
 def _has_websockets(client: Any, image: str) -> bool:
     out = client.containers.run(image, entrypoint=["/opt/agentbox/venv/bin/python", "-c",
                                 "import importlib.util as u; print(bool(u.find_spec('websockets')))"],
-                                remove=True, labels=LABELS)
+                                remove=True, labels=LABELS, network_mode="none")
     return out.strip() == b"True"
 
 
@@ -132,21 +132,36 @@ class Service:
 @contextlib.contextmanager
 def service(tmp: Path, image: str, client: Any) -> Iterator[Service]:
     """A service whose default image is ``image``; its sandboxes are removed after (also by label)."""
+    # A network of its own: the tests do not depend on the engine's default bridge (nor disturb it).
+    network = f"abx-console-{SESSION}"
+    client.api.create_network(network, driver="bridge", labels=LABELS)
     config = tmp / "service.toml"
-    config.write_text(f'[sandbox]\nruntime_container_image = "{image}"\n')
-    svc = Service(tmp / "data", config)
+    config.write_text(f'[sandbox]\nruntime_container_image = "{image}"\nnetwork = "{network}"\n\n'
+                      f'[policy]\nnetworks = ["{network}"]\n')
+    svc: Service | None = None
     try:
+        svc = Service(tmp / "data", config)
         yield svc
     finally:
-        with contextlib.suppress(httpx.HTTPError), svc.client() as api:
-            for sb in api.get("/v1/sandboxes").json().get("sandboxes", []):
-                api.delete(f"/v1/sandboxes/{sb['id']}")
-        svc.stop()
+        if svc is not None:
+            _remove_all(svc)
         from docker.errors import APIError
 
         for c in client.api.containers(all=True, filters={"label": f"{SESSION_LABEL}={SESSION}"}):
             with contextlib.suppress(APIError):
                 client.api.remove_container(c["Id"], force=True, v=True)
+        with contextlib.suppress(APIError):
+            client.api.remove_network(network)
+
+
+def _remove_all(svc: Service) -> None:
+    """Remove the service's sandboxes through its API, then stop it."""
+    try:
+        with contextlib.suppress(httpx.HTTPError), svc.client() as api:
+            for sb in api.get("/v1/sandboxes").json().get("sandboxes", []):
+                api.delete(f"/v1/sandboxes/{sb['id']}")
+    finally:
+        svc.stop()
 
 
 def browser(width: int = 1280, height: int = 900) -> Any:
