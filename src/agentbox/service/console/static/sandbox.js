@@ -70,7 +70,11 @@ function connectTerminal() {
   socket.binaryType = "arraybuffer";
   termStatus.textContent = "connecting…";
   socket.onopen = () => { termStatus.textContent = "connected"; document.body.dataset.terminal = "open"; term.focus(); };
-  socket.onmessage = (m) => term.write(typeof m.data === "string" ? m.data : new Uint8Array(m.data));
+  socket.onmessage = (m) => {
+    // The shell's first output is its prompt: the moment the terminal is usable (read by bench_console.py).
+    if (!performance.getEntriesByName("terminal-prompt").length) performance.mark("terminal-prompt");
+    term.write(typeof m.data === "string" ? m.data : new Uint8Array(m.data));
+  };
   socket.onclose = (e) => {
     document.body.dataset.terminal = "closed";
     termStatus.textContent = `disconnected (${e.code}${e.reason ? ": " + e.reason : ""})`;
