@@ -66,6 +66,10 @@ def test_console_scenario(svc: Service, driver: Any, shots: Any) -> None:
     wait(driver, SANDBOX).until(lambda d: row(d, api_id) and row(d, api_id)[0].get_attribute("data-state") == "running")
     assert "from-the-api" in row(driver, api_id)[0].text
     shots(driver, "list-live")
+    with svc.client() as api:  # the engine's stats behind the CPU and memory columns
+        first, second = (api.get(f"/v1/sandboxes/{api_id}/stats").json() for _ in range(2))
+    assert first["memory_bytes"] > 0 and first["memory_limit_bytes"] >= first["memory_bytes"]
+    assert second["cpu_percent"] is not None and second["cpu_percent"] >= 0
 
     # Create from the form: a bad value is shown next to its field, then a good create opens the sandbox page.
     driver.find_element(By.LINK_TEXT, "New sandbox").click()
@@ -106,6 +110,9 @@ def test_console_scenario(svc: Service, driver: Any, shots: Any) -> None:
     driver.find_element(By.CSS_SELECTOR, '[data-action="pause"]').click()
     wait(driver).until(lambda d: d.find_element(By.ID, "state").text == "paused")
     shots(driver, "sandbox-paused")
+    with svc.client() as api:
+        refused = api.get(f"/v1/sandboxes/{form_id}/stats")
+        assert refused.status_code == 409 and "paused" in refused.json()["error"]["message"]
     driver.find_element(By.CSS_SELECTOR, '[data-action="resume"]').click()
     wait(driver).until(lambda d: d.find_element(By.ID, "state").text == "running")
 
