@@ -21,12 +21,15 @@ from pathlib import Path
 from agentbox.config import SandboxConfig
 from agentbox.errors import AgentboxError, EngineUnavailableError
 
-__all__ = ["Check", "diagnose", "ensure_engine", "register_runsc"]
+__all__ = ["BROWSER_PACKAGES", "Check", "diagnose", "ensure_browser", "ensure_engine", "register_runsc"]
 
 DOCKERD_LOG = "/var/log/agentbox-dockerd.log"
 DOCKER_SOCKET = "/var/run/docker.sock"
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 ENGINE_WAIT_SECONDS = 60.0
+#: Debian's Chromium and its WebDriver: the web console's browser tests drive them (no downloaded browser).
+BROWSER_PACKAGES = ("chromium", "chromium-driver")
+_BROWSER_BINARIES = ("chromium", "chromedriver")
 
 Progress = Callable[[str], None]
 
@@ -147,17 +150,36 @@ def register_runsc(*, fix: bool, progress: Progress) -> Check:
     raise EngineUnavailableError(f"dockerd did not pick up runsc from {DAEMON_JSON} after SIGHUP")
 
 
+def ensure_browser(*, fix: bool, progress: Progress) -> Check:
+    """Debian's ``chromium`` and ``chromium-driver`` are installed (the console's browser tests need them)."""
+    missing = [name for name in _BROWSER_BINARIES if shutil.which(name) is None]
+    if not missing:
+        return Check("browser", True, "chromium and chromedriver installed")
+    if not fix:
+        return Check("browser", False, f"{', '.join(missing)} not installed", "agentbox doctor --fix --browser")
+    _apt_install(list(BROWSER_PACKAGES), progress)
+    still = [name for name in _BROWSER_BINARIES if shutil.which(name) is None]
+    if still:
+        raise EngineUnavailableError(f"apt-get installed {' '.join(BROWSER_PACKAGES)} but not {', '.join(still)}")
+    return Check("browser", True, f"installed {' '.join(BROWSER_PACKAGES)}")
+
+
 def diagnose(
     config: SandboxConfig,
     *,
     fix: bool = False,
     runsc: bool = False,
     build: bool = True,
+    browser: bool = False,
     progress: Progress = lambda _msg: None,
 ) -> list[Check]:
-    """Check (and with ``fix``, provide) everything sandboxes need here; stops at the first blocker."""
+    """Check (and with ``fix``, provide) everything sandboxes need here; stops at the first blocker.
+
+    ``browser``: also Chromium and its driver, for the web console's browser tests."""
     checks = [ensure_engine(fix=fix, progress=progress)]
-    if not checks[-1].ok:
+    if browser:
+        checks.append(ensure_browser(fix=fix, progress=progress))
+    if not checks[0].ok:
         return checks
     if runsc or config.runtime == "runsc":
         checks.append(register_runsc(fix=fix, progress=progress))

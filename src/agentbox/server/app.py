@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentbox._streams import IterReader, iterate_from_thread, iterate_in_thread
@@ -80,6 +80,7 @@ from agentbox.server.background import BackgroundManager
 from agentbox.server.files import Editor, FileService, resolve
 from agentbox.server.ipython import PythonKernel
 from agentbox.server.procs import ChildReaper, check_directory
+from agentbox.server.pty import PTY_PATH, PtyEndpoint
 from agentbox.server.routing import DEFAULT_MAX_BODY_BYTES, TypedRouter, json_response
 from agentbox.server.settings import ServerSettings
 from agentbox.server.shell import ShellManager
@@ -580,7 +581,8 @@ def create_app(settings: ServerSettings) -> Starlette:
     openapi_route = Route("/openapi.json", openapi, methods=["GET"])
     openapi_route.methods = {"GET"}  # no implicit HEAD: the API declares none
     app = _BoundedApp(
-        routes=[*api.routes(), *portfwd.routes(), openapi_route],
+        routes=[*api.routes(), *portfwd.routes(), openapi_route,
+                WebSocketRoute(PTY_PATH, PtyEndpoint(settings, rt.reaper).serve)],
         exception_handlers={
             Exception: _on_server_error,
             HTTPException: _on_server_error,

@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -34,6 +34,8 @@ from agentbox.backends.base import Backend
 from agentbox.errors import AgentboxError, RuntimeServerError
 from agentbox.server.routing import TypedRouter, json_response
 from agentbox.service.auth import Principal, bearer, digest, new_token
+from agentbox.service.console import console_routes
+from agentbox.service.console.session import cookie_token
 from agentbox.service.errors import STATUS, ApiError, from_agentbox_error
 from agentbox.service.metrics import CONTENT_TYPE, Metrics
 from agentbox.service.models import (
@@ -56,7 +58,7 @@ from agentbox.service.models import (
 )
 from agentbox.service.policy import check_labels, check_lifecycle
 from agentbox.service.proxy import RuntimeProxy, parse_port
-from agentbox.service.sandboxes import SandboxManager, Target
+from agentbox.service.sandboxes import SandboxManager, SandboxStats, Target
 from agentbox.service.settings import ServiceSettings
 from agentbox.service.store import SandboxRow, Store, TokenRow, utcnow
 
@@ -130,8 +132,8 @@ def _error_body(exc: ApiError) -> Response:
 
 
 class AuthMiddleware:
-    """Every ``/v1/`` request (HTTP or WebSocket) carries a live bearer token; the principal is put in
-    ``scope["state"]["principal"]`` before any body is read."""
+    """Every ``/v1/`` request (HTTP or WebSocket) carries a live bearer token (or the web console's cookie
+    with its CSRF proof); the principal is put in ``scope["state"]["principal"]`` before any body is read."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -157,7 +159,8 @@ class AuthMiddleware:
             service: Service = scope["app"].state.service
             header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
             try:
-                token = bearer(header)
+                # The web console's cookie stands in for the header, only when CSRF-safe (see console.session).
+                token = (None if header else cookie_token(scope)) or bearer(header)
                 row = await self._lookup(service.store, digest(token))
                 if row is None:
                     raise ApiError("unauthorized", "unknown or revoked token")
@@ -272,6 +275,11 @@ def build_router(svc: Service) -> TypedRouter:
     async def stop_sandbox(request: Request) -> SandboxOut:
         """Stop a sandbox's container (files stay; resume starts it again)."""
         return _sandbox_out(await manager.stop(_who(request), request.path_params["id"]))
+
+    @route("GET", "/v1/sandboxes/{id}/stats", response=SandboxStats)
+    async def sandbox_stats(request: Request) -> SandboxStats:
+        """CPU and memory of a running sandbox, from the engine (409 unless it is running)."""
+        return await manager.stats(_who(request), request.path_params["id"])
 
     @route("GET", "/v1/sandboxes/{id}/logs", query=LogsQuery, content_type="text/plain")
     async def sandbox_logs(request: Request, query: LogsQuery) -> Response:
@@ -587,6 +595,7 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         WebSocketRoute(RUNTIME_ROUTE, runtime_ws),
         *(Route(path, port_http, methods=PROXY_METHODS) for path in PORTS_ROUTES),
         *(WebSocketRoute(path, port_ws) for path in PORTS_ROUTES),
+        Mount("/", routes=console_routes()),
     ]
     app = Starlette(
         routes=routes,

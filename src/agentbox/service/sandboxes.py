@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, ParamSpec, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from agentbox import __version__
 from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
@@ -39,6 +39,7 @@ from agentbox.backends.labels import LABELS
 from agentbox.backends.spec import SERVER_PORT, spec_from_config
 from agentbox.config import SandboxConfig
 from agentbox.errors import AgentboxError, ImageNotFoundError
+from agentbox.protocol import WireModel
 from agentbox.service.auth import Principal
 from agentbox.service.engine_events import EngineEvent, EngineWatcher
 from agentbox.service.errors import ApiError, from_agentbox_error
@@ -52,7 +53,7 @@ from agentbox.service.pool import WarmPools
 from agentbox.service.settings import ServiceSettings
 from agentbox.service.store import SandboxRow, Store, Usage, utcnow
 
-__all__ = ["SandboxManager", "Target"]
+__all__ = ["SandboxManager", "SandboxStats", "Target"]
 
 log = logging.getLogger("agentbox.service")
 
@@ -103,6 +104,44 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid sandbox configuration: " + "; ".join(parts)
 
 
+class SandboxStats(WireModel):
+    """CPU and memory of a running sandbox, from the engine (GET /v1/sandboxes/{id}/stats)."""
+
+    id: str = Field(description="The sandbox id.")
+    cpu_percent: float | None = Field(description="CPU use since the previous sample, % of one core (100 = one core).")
+    memory_bytes: int | None = Field(description="Memory in use, page cache excluded (as `docker stats`).")
+    memory_limit_bytes: int | None = Field(description="The sandbox's memory limit (the host's memory when none).")
+    pids: int | None = Field(description="Processes and threads in the sandbox.")
+
+
+def _stats_of(
+    sandbox_id: str, raw: dict[str, Any], previous: tuple[int, int] | None, samples: dict[str, tuple[int, int]]
+) -> SandboxStats:
+    """The wire form of one engine stats sample; CPU % from ``previous`` (or the engine's own pre-sample)."""
+    cpu = raw.get("cpu_stats") or {}
+    total = int((cpu.get("cpu_usage") or {}).get("total_usage") or 0)
+    system = int(cpu.get("system_cpu_usage") or 0)
+    if previous is None:
+        pre = raw.get("precpu_stats") or {}
+        previous = (int((pre.get("cpu_usage") or {}).get("total_usage") or 0), int(pre.get("system_cpu_usage") or 0))
+    samples[sandbox_id] = (total, system)
+    online = int(cpu.get("online_cpus") or 0) or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
+    cpu_percent = None
+    if system > previous[1] and previous[1] > 0:
+        cpu_percent = round(max(0.0, (total - previous[0]) / (system - previous[1])) * online * 100.0, 2)
+    mem = raw.get("memory_stats") or {}
+    usage = mem.get("usage")
+    extra = mem.get("stats") or {}
+    cache = extra.get("inactive_file", extra.get("total_inactive_file", 0)) or 0
+    return SandboxStats(
+        id=sandbox_id,
+        cpu_percent=cpu_percent,
+        memory_bytes=max(0, int(usage) - int(cache)) if usage is not None else None,
+        memory_limit_bytes=mem.get("limit"),
+        pids=(raw.get("pids_stats") or {}).get("current"),
+    )
+
+
 class SandboxManager:
     """Sandboxes of one service: records in the store, containers on the backend."""
 
@@ -118,6 +157,8 @@ class SandboxManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._endpoints: dict[str, Endpoint] = {}
         self._targets: dict[str, tuple[str, Target]] = {}
+        # sandbox id -> (its CPU time, the host's CPU time) at the last stats call: one_shot stats lack it.
+        self._cpu_samples: dict[str, tuple[int, int]] = {}
         self._activity_written: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.events = EventHub()
@@ -327,6 +368,7 @@ class SandboxManager:
         self.lifecycle.forget(sandbox_id)
         self._targets.pop(sandbox_id, None)
         self._endpoints.pop(sandbox_id, None)
+        self._cpu_samples.pop(sandbox_id, None)
         self._activity_written.pop(sandbox_id, None)
         self._locks.pop(sandbox_id, None)
 
@@ -462,6 +504,24 @@ class SandboxManager:
                 seen = len(text)
         finally:
             self.events.unsubscribe(queue)
+
+    async def stats(self, who: Principal, sandbox_id: str) -> SandboxStats:
+        """CPU and memory of a running sandbox, from the engine's stats (one sample, no stream)."""
+        row = await self.get(who, sandbox_id)
+        if row.state != "running" or row.container_id is None:
+            raise ApiError("conflict", f"sandbox {row.id} is {row.state}: only a running sandbox has stats")
+        engine = getattr(self.backend, "api", None)  # the Docker SDK's API client (the Backend has no stats)
+        if engine is None:
+            raise ApiError("conflict", f"the {self.backend.name} backend reports no engine stats")
+        cid = row.container_id
+        previous = self._cpu_samples.get(row.id)
+        try:
+            # one_shot answers at once but without the previous CPU sample: the last call's is used instead.
+            # The first call waits for the engine's own second sample (about a second).
+            raw = await self._call(engine.stats, cid, stream=False, one_shot=previous is not None)
+        except Exception as exc:  # docker.errors.* (not imported here: the manager knows only the Backend)
+            raise ApiError("conflict", f"sandbox {row.id}: no stats from the engine ({exc})") from None
+        return _stats_of(row.id, raw, previous, self._cpu_samples)
 
     # -- the proxy's view ----------------------------------------------------------------------------------
 
