@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -54,6 +54,7 @@ from agentbox.service.models import (
     TokenList,
     TokenOut,
 )
+from agentbox.service.openhands import openhands_router
 from agentbox.service.policy import check_labels, check_lifecycle
 from agentbox.service.proxy import RuntimeProxy
 from agentbox.service.sandboxes import SandboxManager
@@ -506,6 +507,7 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         Route("/metrics", metrics, methods=["GET"]),
         Route(RUNTIME_ROUTE, runtime_http, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
         WebSocketRoute(RUNTIME_ROUTE, runtime_ws),
+        Mount("/openhands", app=openhands_router()),  # OpenHands' remote runtime API (issue 13)
     ]
     app = Starlette(
         routes=routes,
