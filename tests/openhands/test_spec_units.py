@@ -37,7 +37,8 @@ def test_foreign_spec_keeps_the_seed_knobs_and_publishes_nothing() -> None:
     assert args["entrypoint"] == list(LAUNCHER) and args["command"] == list(ARGV)
     assert "ports" not in args
     assert args["labels"][FOREIGN_SERVER_LABEL] == "1" and args["labels"]["agentbox.server-port"] == "60000"
-    assert (args["nano_cpus"], args["mem_limit"], args["pids_limit"], args["runtime"]) == (10**9, 256 << 20, 64, "runsc")
+    limits = (args["nano_cpus"], args["mem_limit"], args["pids_limit"], args["runtime"])
+    assert limits == (10**9, 256 << 20, 64, "runsc")
     # OpenHands' server runs as root and uses useradd/sudo: Docker's defaults minus agentbox's drops, even
     # when the operator asked for hardened sandboxes.
     assert args["cap_drop"] == list(DEFAULT_CAP_DROP) and "security_opt" not in args
