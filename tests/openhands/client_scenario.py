@@ -4,7 +4,8 @@ environment (RUNTIME=remote, SANDBOX_REMOTE_RUNTIME_API_URL, SANDBOX_API_KEY, th
 ``python client_scenario.py STEP`` runs one step and prints one JSON line of what it saw (prefixed with
 ``RESULT ``); the test asserts on it. Steps: ``main`` (connect, echo, cd state, exit code, timeout + C-c,
 files, IPython, copy in and out, wrong session key, close = pause), ``reattach`` (the same session id:
-resumed, shell state kept, then closed with keep-alive off = stopped), ``wrong-key`` (connect refused).
+resumed, shell state kept, then closed with keep-alive off = stopped), ``wrong-key`` (connect refused),
+``bench`` (connect to first echo, then echo round trips; bench/bench_openhands.py).
 This file is not a test module: it needs openhands-ai, which only the OpenHands image has.
 """
 
@@ -14,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import zipfile
 
 from openhands.core.config import load_openhands_config
@@ -45,13 +47,14 @@ def runtime(sid: str) -> RemoteRuntime:
 
 
 def run(rt: RemoteRuntime, command: str, timeout: float | None = 60, **kwargs: object) -> dict[str, object]:
-    action = CmdRunAction(command=command, **kwargs)  # type: ignore[arg-type]
+    action = CmdRunAction(command=command, **kwargs)
     if timeout is not None:
         action.set_hard_timeout(timeout)
     obs = rt.run_action(action)
     meta = getattr(obs, "metadata", None)
     return {"content": obs.content, "exit_code": getattr(meta, "exit_code", None),
-            "cwd": getattr(meta, "working_dir", None), "type": type(obs).__name__}
+            "cwd": getattr(meta, "working_dir", None), "suffix": getattr(meta, "suffix", ""),
+            "type": type(obs).__name__}
 
 
 def main_step(sid: str) -> dict[str, object]:
@@ -102,6 +105,22 @@ def reattach_step(sid: str) -> dict[str, object]:
     return out
 
 
+def bench_step(sid: str) -> dict[str, object]:
+    """connect() -> first echo (a cold start: nothing exists for ``sid``), then echo round trips."""
+    started = time.perf_counter()
+    rt = runtime(sid)
+    run(rt, "echo first")
+    cold = time.perf_counter() - started
+    rounds = []
+    for _ in range(int(os.environ.get("BENCH_ROUNDS", "20"))):
+        t = time.perf_counter()
+        run(rt, "echo hi")
+        rounds.append(time.perf_counter() - t)
+    rt.config.sandbox.keep_runtime_alive = False
+    rt.close()
+    return {"connect_to_first_echo_s": cold, "echo_round_trip_s": rounds}
+
+
 def wrong_key_step(sid: str) -> dict[str, object]:
     try:
         runtime(sid)
@@ -112,5 +131,6 @@ def wrong_key_step(sid: str) -> dict[str, object]:
 
 if __name__ == "__main__":
     step, sid = sys.argv[1], sys.argv[2]
-    result = {"main": main_step, "reattach": reattach_step, "wrong-key": wrong_key_step}[step](sid)
+    steps = {"main": main_step, "reattach": reattach_step, "wrong-key": wrong_key_step, "bench": bench_step}
+    result = steps[step](sid)
     print("RESULT " + json.dumps(result), flush=True)

@@ -3,6 +3,8 @@ reached, and the wire model's tolerance of both OpenHands versions' ``/start`` b
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agentbox.backends.docker.endpoints import Placement, choose_endpoint
@@ -21,7 +23,7 @@ from agentbox.service.openhands.runtimes import LAUNCHER, kind_of
 ARGV = ("/openhands/micromamba/bin/micromamba", "run", "-n", "openhands", "poetry", "run", "python")
 
 
-def _foreign(config: SandboxConfig) -> dict[str, object]:
+def _foreign(config: SandboxConfig) -> dict[str, Any]:
     base = spec_from_config(config, image="agentbox-runtime:x", sandbox_id="abc", labels={"agentbox.sandbox": "abc"})
     spec = foreign_server_spec(base, image="oh:1", command=ARGV, entrypoint=LAUNCHER, port=60000,
                                environment={"A": "1"}, working_dir="/openhands/code/")
