@@ -104,6 +104,10 @@ def test_runtime_lifecycle_through_the_api(service: tuple[ServiceProcess, str, s
         assert api.get("/sessions/conv-1").json() == ready
         assert api.get("/sessions/batch", params={"ids": ["conv-1", "nope"]}).json() == [ready]
         assert api.get("/list").json() == {"runtimes": [ready]}
+        with svc.client(token) as v1:  # a runtime is a sandbox of its token, on /v1 too
+            listed = v1.get("/v1/sandboxes").json()["sandboxes"]
+            assert [(s["id"], s["state"], s["labels"]["openhands.session-id"]) for s in listed] == [
+                (rid, "running", "conv-1")]
 
         # Another token sees none of it.
         assert stranger.get(f"/runtime/{rid}").status_code == 404

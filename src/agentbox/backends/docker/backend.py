@@ -130,6 +130,8 @@ class DockerBackend(Backend):
         self.default_network = default_network
         self._images: OnceByKey[tuple[str | None, str], str] = OnceByKey()
         self._facts: OnceByKey[str, Any] = OnceByKey()  # manager detection, engine facts: asked once
+        # Containers this instance created to run their image's own server (start skips the ready line).
+        self._foreign: set[str] = set()
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -325,6 +327,8 @@ class DockerBackend(Backend):
             for name in placed.networks[1:]:
                 with engine_errors(f"connecting the sandbox to network {name}"):
                     self.api.connect_container_to_network(container_id, name)
+            if spec.foreign_server:
+                self._foreign.add(container_id)
             return container_id
         except BaseException:
             if container_id is not None:
@@ -356,7 +360,7 @@ class DockerBackend(Backend):
         that is already running (restarted by ``docker restart`` and waiting for its key) is not started
         again: it gets the key and is followed to its next ready line.
         """
-        if self._foreign_server(container_id):
+        if container_id in self._foreign or (restart and self._foreign_server(container_id)):
             return self._start_foreign(container_id, files)
         deadline = time.monotonic() + timeout
         # A container restarted behind agentbox's back may still be on its way out (an entrypoint that
@@ -405,6 +409,8 @@ class DockerBackend(Backend):
         )
 
     def _foreign_server(self, container_id: str) -> bool:
+        """From the container's label: for a restart, possibly of a container another process created (a
+        first start knows from :attr:`_foreign`, without an engine round trip on the create path)."""
         labels = (self._inspect(container_id).get("Config") or {}).get("Labels") or {}
         return labels.get(FOREIGN_SERVER_LABEL) == "1"
 
@@ -518,6 +524,7 @@ class DockerBackend(Backend):
         created for it."""
         from docker.errors import NotFound
 
+        self._foreign.discard(container_id)
         try:
             attrs = self._inspect(container_id)
         except SandboxNotFoundError:
