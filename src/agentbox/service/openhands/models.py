@@ -1,10 +1,10 @@
 """Wire models of OpenHands' remote runtime API, as its clients send and read them.
 
-The shapes come from OpenHands' own clients (``/work/shared/design/openhands-remote-api.md``): V0's
+The shapes come from OpenHands' own clients (the project's design note openhands-remote-api.md): V0's
 ``RemoteRuntime`` and ``RemoteRuntimeBuilder``, V1's ``RemoteSandboxService`` and the SDK's
-``APIRemoteWorkspace``. Requests accept fields agentbox does not act on (they are named here, so a typo in
-a known field is still refused nowhere: OpenHands versions add fields, and an unknown one must not break a
-start). Every answer about a runtime is the one :class:`RuntimeRecord`.
+``APIRemoteWorkspace``. Requests accept unknown fields: OpenHands versions add fields, and a new
+one must not break a start (the known ones are typed and validated). Every answer about a runtime is the
+one :class:`RuntimeRecord`.
 """
 
 from __future__ import annotations
