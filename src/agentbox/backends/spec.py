@@ -13,6 +13,7 @@ import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from agentbox.backends.labels import LABELS
 from agentbox.config import SandboxConfig
 from agentbox.errors import ConfigError, VolumeSpecError
 from agentbox.hostpaths import check_bind_mounts
@@ -21,6 +22,7 @@ from agentbox.volumes import Mount
 __all__ = [
     "DEFAULT_CAP_DROP",
     "DEFAULT_NETWORK",
+    "FOREIGN_SERVER_LABEL",
     "HARDENED_CAP_ADD",
     "NONE_NETWORK",
     "SERVER_DIR",
@@ -31,6 +33,7 @@ __all__ = [
     "Limits",
     "PortSpec",
     "Security",
+    "foreign_server_spec",
     "spec_from_config",
     "to_docker_args",
     "unix_socket_spec",
@@ -61,6 +64,9 @@ DEFAULT_CAP_DROP: tuple[str, ...] = ("NET_RAW", "MKNOD", "SYS_CHROOT", "SETFCAP"
 #: Hardened mode drops everything but what the entrypoint needs to create the user, make the work dir
 #: and switch to the uid; setpriv then drops these too before the server starts (CapEff 0).
 HARDENED_CAP_ADD: tuple[str, ...] = ("CHOWN", "SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE", "FOWNER")
+#: On a container whose server is the image's own command (:func:`foreign_server_spec`): its start does
+#: not wait for agentbox's ready line, and the port of that server is the ``agentbox.server-port`` label.
+FOREIGN_SERVER_LABEL = "agentbox.foreign-server"
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,11 @@ class ContainerSpec:
     """Image reference to run."""
     command: tuple[str, ...] = ()
     """Arguments for the image's entrypoint."""
+    entrypoint: tuple[str, ...] | None = None
+    """Replaces the image's entrypoint; None keeps it (agentbox's runtime images)."""
+    foreign_server: bool = False
+    """The image runs its own server (:func:`foreign_server_spec`), not agentbox's runtime server: no
+    server volume is mounted and no ready line is awaited; whoever started it probes its readiness."""
     name: str | None = None
     """Container name (informational only: agentbox finds containers by label, never by name)."""
     hostname: str | None = None
@@ -292,6 +303,52 @@ def _policy(config: SandboxConfig) -> tuple[tuple[str, ...] | None, tuple[int, .
     return egress, host_ports
 
 
+def foreign_server_spec(
+    spec: ContainerSpec,
+    *,
+    image: str,
+    command: tuple[str, ...],
+    entrypoint: tuple[str, ...],
+    port: int,
+    environment: dict[str, str],
+    working_dir: str | None,
+) -> ContainerSpec:
+    """``spec`` (from :func:`spec_from_config`, so the operator's volumes, networks, limits and OCI runtime
+    still apply) running ``image``'s own server instead of agentbox's: ``entrypoint`` + ``command`` as
+    given, listening on ``port`` inside, reached over the sandbox's network from this host (nothing is
+    published). Such servers run as root and create users with sudo (OpenHands' action server), so the
+    hardened mode's capability set does not apply: Docker's default set minus :data:`DEFAULT_CAP_DROP`.
+
+    Raises ConfigError for configurations that cannot reach such a server: the host network (the port
+    would be the host's), no network, or an egress policy (its gateway relays agentbox's server port only).
+    """
+    if spec.network_mode != "bridge" or (spec.networks and spec.networks[0] == NONE_NETWORK):
+        raise ConfigError(
+            "a sandbox running its image's own server needs a bridge network the service can reach it on; "
+            'the operator\'s use_host_network / network="none" do not allow that'
+        )
+    if spec.has_policy:
+        raise ConfigError(
+            "a sandbox running its image's own server cannot sit behind an egress policy or host_ports "
+            "(the gateway relays agentbox's runtime server only); drop egress/host_ports for this mode"
+        )
+    labels = {**spec.label_map, LABELS.SERVER_PORT: str(port), FOREIGN_SERVER_LABEL: "1"}
+    return replace(
+        spec,
+        image=image,
+        command=command,
+        entrypoint=entrypoint,
+        foreign_server=True,
+        ports=(),
+        user="root",
+        user_id=None,
+        working_dir=working_dir or spec.working_dir,
+        environment=tuple(sorted({**dict(spec.environment), **environment}.items())),
+        labels=tuple(sorted(labels.items())),
+        security=Security(),
+    )
+
+
 def unix_socket_spec(spec: ContainerSpec, socket_dir: str) -> ContainerSpec:
     """``spec`` without any network: only loopback, nothing published, and the server on a Unix socket
     in the host directory ``socket_dir`` (mounted at :data:`SOCKET_MOUNT`) instead of on TCP."""
@@ -327,6 +384,8 @@ def to_docker_args(spec: ContainerSpec) -> dict[str, Any]:
         "labels": spec.label_map,
         "stop_signal": "SIGTERM",
     }
+    if spec.entrypoint is not None:
+        args["entrypoint"] = list(spec.entrypoint)
     if spec.name:
         args["name"] = spec.name
     if spec.user is not None:

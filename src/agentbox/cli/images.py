@@ -24,6 +24,11 @@ def _human_size(size: int) -> str:
 
 @command("build", rich_help_panel=IMAGES_PANEL)
 def build_cmd(
+    version: Annotated[
+        str | None,
+        typer.Argument(metavar="VERSION", help="With --openhands: the OpenHands release (default: "
+                       "the one agentbox is tested with).", show_default=False),
+    ] = None,
     base: Annotated[
         str | None,
         typer.Option("--base", metavar="IMAGE", help="Base image to build on (default: base_container_image).",
@@ -36,6 +41,11 @@ def build_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild, without the layer cache, even if up to date.")
     ] = False,
+    openhands: Annotated[
+        bool,
+        typer.Option("--openhands", help="Make OpenHands' sandbox images present under the names OpenHands "
+                     "runs (pulled, or built from PyPI when no registry answers)."),
+    ] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -43,6 +53,13 @@ def build_cmd(
     from agentbox.engine import docker_client
     from agentbox.images import build_runtime_image, ensure_base_image
 
+    if openhands:
+        if base is not None or tag is not None:
+            raise typer.BadParameter("--base and --tag do not apply to --openhands")
+        _build_openhands(version, force=force, as_json=as_json)
+        return
+    if version is not None:
+        raise typer.BadParameter(f"unexpected argument {version!r} (a VERSION is for --openhands)")
     resolved = resolve(config, {"base_container_image": base})
     # Builds can be silent for minutes (apt, pip): a short socket timeout would cut them off.
     client = docker_client(timeout=1800)
@@ -62,6 +79,24 @@ def build_cmd(
         return
     what = "up to date, nothing built" if result.reused else f"built in {result.seconds:.1f} s"
     out.print(f"{escape(result.tag)} on {escape(result.base)}: {what}, {_human_size(size)}")
+
+
+def _build_openhands(version: str | None, *, force: bool, as_json: bool) -> None:
+    from agentbox.engine import docker_client
+    from agentbox.images.openhands import DEFAULT_VERSION, ensure_openhands_images
+
+    client = docker_client(timeout=3600)  # pip installs OpenHands' hundreds of packages: minutes of silence
+    try:
+        with progress_reporter("agentbox build --openhands") as progress:
+            result = ensure_openhands_images(client, version or DEFAULT_VERSION, force=force, progress=progress)
+    finally:
+        client.close()
+    if as_json:
+        print_json(dataclasses.asdict(result))
+        return
+    how = {"local": "already present", "pulled": "pulled", "built": f"built from PyPI in {result.seconds:.0f} s",
+           "reused": f"built from PyPI earlier ({result.image})"}[result.how]
+    out.print(f"OpenHands {escape(result.version)}: {escape(', '.join(result.names))}: {how}")
 
 
 @command("images", rich_help_panel=IMAGES_PANEL)

@@ -56,6 +56,7 @@ from agentbox.service.models import (
     TokenList,
     TokenOut,
 )
+from agentbox.service.openhands import openhands_router
 from agentbox.service.policy import check_labels, check_lifecycle
 from agentbox.service.proxy import RuntimeProxy, parse_port
 from agentbox.service.sandboxes import SandboxManager, SandboxStats, Target
@@ -595,6 +596,7 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         WebSocketRoute(RUNTIME_ROUTE, runtime_ws),
         *(Route(path, port_http, methods=PROXY_METHODS) for path in PORTS_ROUTES),
         *(WebSocketRoute(path, port_ws) for path in PORTS_ROUTES),
+        Mount("/openhands", app=openhands_router()),  # OpenHands' remote runtime API (issue 13)
         Mount("/", routes=console_routes()),
     ]
     app = Starlette(

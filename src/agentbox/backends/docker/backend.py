@@ -47,7 +47,13 @@ from agentbox.backends.docker.once import OnceByKey
 from agentbox.backends.docker.sockets import SocketDirs
 from agentbox.backends.docker.volumes import create_missing_volumes, remove_volumes, volumes_created_for
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
-from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, ContainerSpec, with_server_volume
+from agentbox.backends.spec import (
+    DEFAULT_NETWORK,
+    FOREIGN_SERVER_LABEL,
+    NONE_NETWORK,
+    ContainerSpec,
+    with_server_volume,
+)
 from agentbox.backends.state import StateStore, sockets_dir
 from agentbox.backends.workspace import unwritable_reason
 from agentbox.engine import docker_client
@@ -124,6 +130,8 @@ class DockerBackend(Backend):
         self.default_network = default_network
         self._images: OnceByKey[tuple[str | None, str], str] = OnceByKey()
         self._facts: OnceByKey[str, Any] = OnceByKey()  # manager detection, engine facts: asked once
+        # Containers this instance created to run their image's own server (start skips the ready line).
+        self._foreign: set[str] = set()
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -294,8 +302,10 @@ class DockerBackend(Backend):
 
     def create(self, spec: ContainerSpec) -> str:
         """Create the container (not started), joined to all its networks; nothing is left on failure."""
-        # The runtime server's own code, read-only in every mode (agentbox.images.server_volume).
-        spec = with_server_volume(spec, ensure_server_volume(self.client, spec.image))
+        # The runtime server's own code, read-only in every mode (agentbox.images.server_volume); an image
+        # running its own server has none.
+        if not spec.foreign_server:
+            spec = with_server_volume(spec, ensure_server_volume(self.client, spec.image))
         self._check_mounts_writable(spec)
         volumes = create_missing_volumes(self.api, spec)
         networks: list[str] = []
@@ -317,6 +327,8 @@ class DockerBackend(Backend):
             for name in placed.networks[1:]:
                 with engine_errors(f"connecting the sandbox to network {name}"):
                     self.api.connect_container_to_network(container_id, name)
+            if spec.foreign_server:
+                self._foreign.add(container_id)
             return container_id
         except BaseException:
             if container_id is not None:
@@ -348,6 +360,8 @@ class DockerBackend(Backend):
         that is already running (restarted by ``docker restart`` and waiting for its key) is not started
         again: it gets the key and is followed to its next ready line.
         """
+        if container_id in self._foreign or (restart and self._foreign_server(container_id)):
+            return self._start_foreign(container_id, files)
         deadline = time.monotonic() + timeout
         # A container restarted behind agentbox's back may still be on its way out (an entrypoint that
         # found no key exits) when the key arrives: then it is simply started once more.
@@ -393,6 +407,28 @@ class DockerBackend(Backend):
             self.api, container_id, self.logs(container_id, tail=lifecycle.LOG_TAIL),
             timed_out=kind == "timeout", timeout=timeout,
         )
+
+    def _foreign_server(self, container_id: str) -> bool:
+        """From the container's label: for a restart, possibly of a container another process created (a
+        first start knows from :attr:`_foreign`, without an engine round trip on the create path)."""
+        labels = (self._inspect(container_id).get("Config") or {}).get("Labels") or {}
+        return labels.get(FOREIGN_SERVER_LABEL) == "1"
+
+    def _start_foreign(self, container_id: str, files: Mapping[str, tuple[bytes, int]]) -> Endpoint:
+        """Start a container running its image's own server (no ready line to wait for: the caller probes
+        the server itself); ``files`` go to /run/agentbox first, for its launcher to read."""
+        if files:
+            with engine_errors("handing the session key to the sandbox"):
+                self.api.put_archive(container_id, lifecycle.RUN_DIR, lifecycle.secrets_tar(files))
+        if not self.container_running(container_id):
+            self._start_container(container_id)
+        attrs = self._inspect(container_id)
+        state = attrs.get("State") or {}
+        if not state.get("Running"):
+            raise lifecycle.start_failure(
+                self.api, container_id, self.logs(container_id, tail=lifecycle.LOG_TAIL), timed_out=False, timeout=0
+            )
+        return choose_endpoint(placement_of(attrs), control_network=self._control_network())
 
     def _start_container(self, container_id: str) -> None:
         """docker start; a shared network removed since the container was created is made again first."""
@@ -488,6 +524,7 @@ class DockerBackend(Backend):
         created for it."""
         from docker.errors import NotFound
 
+        self._foreign.discard(container_id)
         try:
             attrs = self._inspect(container_id)
         except SandboxNotFoundError:

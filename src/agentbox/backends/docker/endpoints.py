@@ -15,7 +15,7 @@ from typing import Any
 
 from agentbox.backends.base import Endpoint
 from agentbox.backends.labels import LABELS
-from agentbox.backends.spec import NONE_NETWORK, SERVER_PORT, SOCKET_NAME
+from agentbox.backends.spec import FOREIGN_SERVER_LABEL, NONE_NETWORK, SERVER_PORT, SOCKET_NAME
 from agentbox.errors import SandboxError
 
 __all__ = ["UDS_BASE_URL", "Placement", "choose_endpoint", "placement_of", "url"]
@@ -38,6 +38,8 @@ class Placement:
     """Port of the runtime server inside (from the ``agentbox.server-port`` label)."""
     socket_dir: str | None = None
     """Host directory of the server's Unix socket (``network="none"``), from its label."""
+    foreign_server: bool = False
+    """The image runs its own server, reached on the sandbox's network (never published)."""
 
 
 def _int(value: object) -> int | None:
@@ -81,6 +83,7 @@ def placement_of(container: Mapping[str, Any]) -> Placement:
         addresses=addresses,
         server_port=_int(labels.get(LABELS.SERVER_PORT)) or SERVER_PORT,
         socket_dir=labels.get(LABELS.SOCKET_DIR) or None,
+        foreign_server=labels.get(FOREIGN_SERVER_LABEL) == "1",
     )
 
 
@@ -126,4 +129,8 @@ def choose_endpoint(
     if NONE_NETWORK in placement.addresses:
         # Internal networks publish nothing; the host reaches the sandbox on the bridge itself.
         return Endpoint(url(placement.addresses[NONE_NETWORK], placement.server_port), "network")
+    if placement.foreign_server and placement.addresses:
+        # An image's own server publishes nothing either (no host port to guard): the host routes to
+        # the bridge networks of its local engine, so the sandbox's address on its first network works.
+        return Endpoint(url(next(iter(placement.addresses.values())), placement.server_port), "network")
     raise SandboxError("the sandbox's server port is not published and no shared network reaches it from here")
