@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 # Docker engine (installed and started if needed), gVisor, base image and runtime image.
 setup: $(STAMP)
-	$(BIN)/agentbox doctor --fix --runsc
+	$(BIN)/agentbox doctor --fix --runsc --browser
 
 test: setup
 	$(BIN)/python -m pytest

@@ -203,7 +203,7 @@ def test_an_abandoned_fill_is_cleared_and_done_again(
             labels={**labels, CASE_LABEL: marker},
             mounts=[Mount(target="/opt/agentbox", source=name, read_only=True, no_copy=True)],
         )
-        assert listing.split() == [b"agentbox-entrypoint"]
+        assert b"agentbox-entrypoint" in listing.split()
     finally:
         for container in docker_client.api.containers(all=True, filters={"label": f"{CASE_LABEL}={marker}"}):
             docker_client.api.remove_container(container["Id"], force=True)

@@ -43,6 +43,9 @@ def doctor_cmd(
     fix: Annotated[bool, typer.Option("--fix", help="Install and start what is missing.")] = False,
     runsc: Annotated[bool, typer.Option("--runsc", help="Also install gVisor and register it with dockerd.")] = False,
     build: Annotated[bool, typer.Option("--build/--no-build", help="With --fix, build the runtime image.")] = True,
+    browser: Annotated[
+        bool, typer.Option("--browser", help="Also install Chromium and chromedriver (the web console's browser tests).")
+    ] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -55,6 +58,7 @@ def doctor_cmd(
         fix=fix,
         runsc=runsc,
         build=build,
+        browser=browser,
         progress=lambda msg: err.print(f"[dim]doctor:[/] {escape(msg)}"),
     )
     ok = all(c.ok for c in checks)

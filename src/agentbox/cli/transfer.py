@@ -90,9 +90,9 @@ def cp_cmd(src: str, dest: str) -> None:
         )
     sandbox_id = source.sandbox_id or target.sandbox_id
     assert sandbox_id is not None
-    from agentbox.sandbox import Sandbox
+    from .sandboxes import connect
 
-    sandbox = Sandbox.connect(sandbox_id, take_ownership=False)
+    sandbox = connect(sandbox_id)  # through the service with --server, like every sandbox command
     try:
         if target.sandbox_id:
             written = copy_in(sandbox, source.path, target.path)

@@ -229,8 +229,8 @@ def _make_server(app: ASGIApp, ready_line: str, phases: Callable[[], str]) -> uv
         server_header=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
-        # The API has no WebSocket route: "auto" would import the websockets package at every start.
-        ws="none",
+        # The /pty route (the console's terminal) is a WebSocket: uvicorn's websockets protocol serves it.
+        ws="websockets",
     )
     return Server(config)
 

@@ -45,7 +45,7 @@ def _about(name: str) -> Any:
 
 
 #: Configuration keys only the operator sets (the service's own ``[sandbox]``): where its engines are.
-OPERATOR_ONLY = frozenset({"swarm_manager", "swarm_nodes", "swarm_relay_address"})
+OPERATOR_ONLY = frozenset({"swarm_manager", "swarm_nodes", "swarm_relay_address", "swarm_max_per_node"})
 
 
 class SandboxSettings(WireModel):

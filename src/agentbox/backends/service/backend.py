@@ -140,7 +140,7 @@ class ServiceBackend(Backend):
     def endpoint(self, container_id: str) -> Endpoint:
         """The service's proxy to the sandbox's runtime server (no host port, no socket: the service's)."""
         # "service" joins base.py's Endpoint.via literal on merge (reported); the value is what it says.
-        return Endpoint(url=self.runtime_url(container_id), via="service")  # type: ignore[arg-type]
+        return Endpoint(url=self.runtime_url(container_id), via="service")
 
     def find(self, sandbox_id: str) -> SandboxInfo:
         """The sandbox with this id, if this token may see it (another token's id is not found)."""
