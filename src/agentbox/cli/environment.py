@@ -44,7 +44,7 @@ def doctor_cmd(
     runsc: Annotated[bool, typer.Option("--runsc", help="Also install gVisor and register it with dockerd.")] = False,
     build: Annotated[bool, typer.Option("--build/--no-build", help="With --fix, build the runtime image.")] = True,
     browser: Annotated[
-        bool, typer.Option("--browser", help="Also install Chromium and chromedriver (the web console's browser tests).")
+        bool, typer.Option("--browser", help="Also install Chromium and chromedriver (console browser tests).")
     ] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
