@@ -113,7 +113,11 @@ class Service:
         # Keep reading stderr so the service never blocks on a full pipe.
         import threading
 
-        threading.Thread(target=lambda: [self.lines.append(ln) for ln in self.proc.stderr or ()], daemon=True).start()
+        def drain() -> None:
+            for ln in self.proc.stderr or ():
+                self.lines.append(ln)
+
+        threading.Thread(target=drain, daemon=True).start()
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token or self.admin_token}"},

@@ -132,10 +132,10 @@ def test_console_scenario(svc: Service, driver: Any, shots: Any) -> None:
 
     # Remove, with the confirmation; the row goes away live.
     for sandbox_id in (form_id, api_id):
-        wait(driver).until(lambda d, s=sandbox_id: row(d, s))
+        wait(driver).until(lambda d, s=sandbox_id: row(d, s))  # type: ignore[misc]
         row(driver, sandbox_id)[0].find_element(By.CSS_SELECTOR, '[data-action="remove"]').click()
         wait(driver).until(ec.alert_is_present()).accept()
-        wait(driver, SANDBOX).until(lambda d, s=sandbox_id: not row(d, s))
+        wait(driver, SANDBOX).until(lambda d, s=sandbox_id: not row(d, s))  # type: ignore[misc]
     with svc.client() as api:
         assert api.get(f"/v1/sandboxes/{form_id}").status_code == 404
 
@@ -184,10 +184,10 @@ def test_a_console_websocket_from_another_origin_is_refused(svc: Service) -> Non
 
     before = refusals_by_auth()
     with pytest.raises(InvalidStatus) as refused:
-        connect(ws_url, additional_headers={"cookie": cookie}, origin="https://evil.example")  # type: ignore[arg-type]
+        connect(ws_url, additional_headers={"cookie": cookie}, origin="https://evil.example")  # type: ignore[call-overload]
     assert refused.value.response.status_code == 403
     assert refusals_by_auth() == before + 1
     # Same origin: past the auth check (the sandbox does not exist: refused by the route, not the middleware).
     with pytest.raises(InvalidStatus):
-        connect(ws_url, additional_headers={"cookie": cookie}, origin=svc.url)  # type: ignore[arg-type]
+        connect(ws_url, additional_headers={"cookie": cookie}, origin=svc.url)
     assert refusals_by_auth() == before + 1
