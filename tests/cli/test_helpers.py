@@ -104,3 +104,12 @@ def test_invoking_uid_prefers_sudo_uid_only_for_root(monkeypatch: pytest.MonkeyP
     assert invoking_uid({"SUDO_UID": "1234"}) == (1234 if euid == 0 else euid)
     assert invoking_uid({}) == euid
     assert invoking_uid({"SUDO_UID": "junk"}) == euid
+
+
+def test_make_run_says_where_the_console_is_and_how_to_sign_in(monkeypatch, tmp_path):
+    from agentbox.cli.demo import console_hint
+
+    monkeypatch.setattr("agentbox.service.settings.default_data_dir", lambda: tmp_path)
+    hint = console_hint()
+    assert "http://127.0.0.1:8473/" in hint
+    assert str(tmp_path / "admin.token") in hint

@@ -237,6 +237,7 @@ def _interactive(config: SandboxConfig, labels: dict[str, str], folder: Path) ->
             f"sandbox {escape(sandbox.id)}: {escape(str(folder))} at {config.work_dir}, uid {config.user_id}; "
             "exit the shell to remove it"
         )
+        err.print(escape(console_hint()))
         argv = shell_argv(sandbox)
         # The terminal sends Ctrl-C to the whole foreground group; it is meant for the shell in the
         # sandbox, and must not interrupt this process and remove the sandbox under the user.
@@ -275,12 +276,24 @@ def _non_interactive(config: SandboxConfig, labels: dict[str, str], folder: Path
     return _report(demo)
 
 
+def console_hint() -> str:
+    """Where the web console is and how to sign in (printed by ``make run``, with a terminal or without)."""
+    from agentbox.service.app import ADMIN_TOKEN_FILE
+    from agentbox.service.settings import DEFAULT_HOST, DEFAULT_PORT, default_data_dir
+
+    return (
+        f"web console: run `agentbox serve`, open http://{DEFAULT_HOST}:{DEFAULT_PORT}/ and sign in with the "
+        f"admin token in {default_data_dir() / ADMIN_TOKEN_FILE} (or one from `agentbox token create NAME`)"
+    )
+
+
 def _report(demo: Demo) -> int:
     """Print the summary line; the exit code (1 if any step failed)."""
     if demo.failures:
         err.print(f"[bold red]error:[/] {len(demo.failures)} step(s) failed: {escape(', '.join(demo.failures))}")
         return EXIT_RUNTIME
     out.print("[green]all seed features work.[/]")
+    out.print(escape(console_hint()))
     return 0
 
 
