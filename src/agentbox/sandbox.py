@@ -43,7 +43,7 @@ from agentbox.backends import get_backend, get_service_backend
 from agentbox.backends.base import Backend, Endpoint, Progress, SandboxInfo, SandboxState
 from agentbox.backends.labels import LABELS, check_user_labels
 from agentbox.backends.service import RemoteSandbox, ServiceBackend
-from agentbox.backends.service.backend import settings_json
+from agentbox.backends.service.backend import OPERATOR_FIELDS, settings_json
 from agentbox.backends.spec import SERVER_PORT, spec_from_config
 from agentbox.backends.state import SandboxRecord, StateStore
 from agentbox.config import FIELDS, SandboxConfig, resolve_config
@@ -202,7 +202,12 @@ class Sandbox:
             else:
                 resolved = resolve_config(config_file=self._config_file, overrides=self._settings)
                 self._config = resolved.config
-                self._given = {name for name, source in resolved.sources.items() if source != "default"}
+                # Where this host's swarm is (SANDBOX_SWARM_*, a config file) says nothing to a service,
+                # which has its own engines: only an explicit argument for such a key is refused remotely.
+                self._given = {
+                    name for name, source in resolved.sources.items()
+                    if source != "default" and (source == "argument" or name not in OPERATOR_FIELDS)
+                }
         return self._config
 
     @property

@@ -220,6 +220,8 @@ def _make_server(app: ASGIApp, ready_line: str, phases: Callable[[], str]) -> uv
             if self._loop is not None and self._exit_event is not None:
                 self._loop.call_soon_threadsafe(self._exit_event.set)
 
+    from uvicorn.config import WS_PROTOCOLS
+
     config = uvicorn.Config(
         app,
         lifespan="on",
@@ -229,8 +231,9 @@ def _make_server(app: ASGIApp, ready_line: str, phases: Callable[[], str]) -> uv
         server_header=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
-        # The /pty route (the console's terminal) is a WebSocket: uvicorn's websockets protocol serves it.
-        ws="websockets",
+        # The /pty route (the console's terminal) is a WebSocket. The sans-I/O websockets protocol where
+        # uvicorn has it (the legacy one warns on stderr at every start), else the legacy one.
+        ws="websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets",
     )
     return Server(config)
 

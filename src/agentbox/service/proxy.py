@@ -151,7 +151,9 @@ class RuntimeProxy:
         else:
             content = request.stream()
         if isinstance(content, bytes):
-            target_path = "/" + path.lstrip("/") + ("?" + query if query else "")
+            # The endpoint may sit under a path (a swarm sandbox is reached through the relay's /<id>/...).
+            base = urlsplit(target.endpoint.url).path.rstrip("/")
+            target_path = base + "/" + path.lstrip("/") + ("?" + query if query else "")
             return await self._forward_small(request.method, target, target_path, headers, content, on_done)
         upstream_request = client.build_request(request.method, url, headers=headers, content=content)
         try:
@@ -449,7 +451,8 @@ class _Tunnel:
         tunnel = cls(reader, writer, h11.Connection(h11.CLIENT))
         try:
             head = [("host", "sandbox"), (API_KEY_HEADER, target.key), ("transfer-encoding", "chunked")]
-            writer.write(tunnel._conn.send(h11.Request(method="POST", target=f"/tunnel/{port}", headers=head)))
+            where = f"{urlsplit(ep.url).path.rstrip('/')}/tunnel/{port}"  # under the endpoint's own path
+            writer.write(tunnel._conn.send(h11.Request(method="POST", target=where, headers=head)))
             await writer.drain()
             event = await tunnel._next()
             if not isinstance(event, h11.Response):
