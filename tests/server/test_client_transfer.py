@@ -15,6 +15,7 @@ import os
 import socket
 import tarfile
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,17 +147,28 @@ def stub(stub_server: Stub) -> Stub:
     return stub_server
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _open_files() -> list[str]:
-    """What this process has open besides sockets (an in-process stub's side of a connection may close late)."""
+def _fd_targets() -> list[str]:
     targets = []
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(FileNotFoundError):  # the listing's own fd is gone already
             targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-    return sorted(t for t in targets if not t.startswith("socket:"))
+    return targets
+
+
+def _open_sockets() -> set[str]:
+    """Socket inodes are never reused while open, so a set tells a new socket from an old one."""
+    return {t for t in _fd_targets() if t.startswith("socket:")}
+
+
+def _open_files() -> list[str]:
+    """What this process has open besides sockets (an in-process stub's side of a connection may close late)."""
+    return sorted(t for t in _fd_targets() if not t.startswith("socket:"))
+
+
+def _opened_since(before: list[str], after: list[str]) -> list[str]:
+    """What is open now and was not before. Something else closing meanwhile (a collected
+    connection of an earlier test) is not this test's business, so a plain count would be flaky."""
+    return sorted((Counter(after) - Counter(before)).elements())
 
 
 def _producer_threads() -> list[str]:
@@ -278,22 +290,22 @@ def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @dataclass
 class _Baseline:
-    fds: int
+    sockets: set[str]
     files: list[str]
-    threads: int
+    threads: set[threading.Thread]
 
 
 def _baseline() -> _Baseline:
-    return _Baseline(_open_fds(), _open_files(), threading.active_count())
+    return _Baseline(_open_sockets(), _open_files(), set(threading.enumerate()))
 
 
 def _assert_nothing_left(before: _Baseline, *, sockets: bool = True) -> None:
     """No producer thread, no extra thread, no file left open (nor socket, unless the server is in-process)."""
     assert _producer_threads() == []
-    assert threading.active_count() == before.threads
-    assert _open_files() == before.files
+    assert [t.name for t in set(threading.enumerate()) - before.threads] == []
+    assert _opened_since(before.files, _open_files()) == []
     if sockets:
-        assert _open_fds() == before.fds
+        assert sorted(_open_sockets() - before.sockets) == []
 
 
 def test_upload_refused_before_the_body_leaves_no_thread_or_file(stub: Stub, big_tree: Path) -> None:
