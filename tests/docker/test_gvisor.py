@@ -98,10 +98,22 @@ def test_the_everyday_tool_set_works_as_the_sandbox_user(gvisor: Callable[..., A
         if r.exit_code != 0:
             failed.append(f"{name}: exit {r.exit_code}: {r.output[-800:]}")
     assert not failed, "\n".join(failed)
-    # npm ships with Node.js only in some bases (nikolaik/python-nodejs yes, the bootstrapped Debian one no)
-    if sb.run("command -v npm").exit_code == 0:
-        npm = sb.run("npm --version", timeout=120)
-        assert npm.exit_code == 0, npm.output
+
+
+def test_npm_works_under_runc(sandboxes: Callable[..., Any]) -> None:
+    # The runtime image carries npm (the bootstrapped base does, as nikolaik/python-nodejs does).
+    r = sandboxes(user_id=UID).run("npm --version", timeout=120)
+    assert r.exit_code == 0 and r.output.strip(), r.output
+
+
+# Found when npm joined the bootstrapped base: under Debian's runsc 0.0~20221219, `npm --version` prints
+# its version and is then SIGKILLed when its stdout or stderr is the session's terminal (it exits 0 with
+# both redirected to a file, through `docker exec`, and under runc). Cause not found yet (issue 17). Not
+# strict: a newer gVisor may not have the problem.
+@pytest.mark.xfail(reason="npm is SIGKILLed under runsc 20221219 when writing to the session's terminal")
+def test_npm_under_gvisor(gvisor: Callable[..., Any]) -> None:
+    r = gvisor(user_id=UID).run("npm --version", timeout=60)
+    assert r.exit_code == 0, r.output
 
 
 def test_default_mode_keeps_sudo_for_package_installs(gvisor: Callable[..., Any]) -> None:
