@@ -170,6 +170,7 @@ def test_the_cookie_needs_its_csrf_proof(svc: Service) -> None:
 def test_a_console_websocket_from_another_origin_is_refused(svc: Service) -> None:
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
+    from websockets.typing import Origin
 
     client, _csrf = _signed_in_cookies(svc)
     cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
@@ -184,7 +185,7 @@ def test_a_console_websocket_from_another_origin_is_refused(svc: Service) -> Non
 
     before = refusals_by_auth()
     with pytest.raises(InvalidStatus) as refused:
-        connect(ws_url, additional_headers={"cookie": cookie}, origin="https://evil.example")  # type: ignore[call-overload]
+        connect(ws_url, additional_headers={"cookie": cookie}, origin=Origin("https://evil.example"))
     assert refused.value.response.status_code == 403
     assert refusals_by_auth() == before + 1
     # Same origin: past the auth check (the sandbox does not exist: refused by the route, not the middleware).
