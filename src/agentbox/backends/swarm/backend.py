@@ -38,6 +38,7 @@ from agentbox.backends.docker import lifecycle
 from agentbox.backends.docker.errors import engine_errors
 from agentbox.backends.docker.networks import NetworkRef, resolve_network_name
 from agentbox.backends.docker.once import OnceByKey
+from agentbox.backends.events import POLL_INTERVAL, EventStream, PolledEvents
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
 from agentbox.backends.ownership import remove_orphans
 from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, SERVER_PORT, ContainerSpec, with_server_volume
@@ -641,6 +642,8 @@ class SwarmBackend(Backend):
             sandbox_id = labels.get(LABELS.SANDBOX, "")
             task = tasks.get(service["ID"])
             state = self._state(service, task, nodes)
+            node = nodes.get(task.node_id) if task is not None else None
+            hostname = labels.get(LOST_LABEL) or (node.hostname if node is not None else None)
             if state is SandboxState.LOST:
                 self._settle_lost(service, task, nodes)
             record = None
@@ -658,7 +661,8 @@ class SwarmBackend(Backend):
                 created=_parse_created(labels.get(LABELS.CREATED)),
                 owner_pid=record.owner_pid if record else (int(pid) if pid and pid.isdigit() else None),
                 owner_host=labels.get(LABELS.OWNER_HOST, ""), url=url,
-                keep_alive=labels.get(LABELS.KEEP_ALIVE) == "1", labels=dict(labels),
+                keep_alive=labels.get(LABELS.KEEP_ALIVE) == "1", labels=dict(labels), node=hostname,
+                reason=_lost_message(hostname or "?") if state is SandboxState.LOST else None,
             ))
         return sorted(infos, key=lambda i: (i.created or datetime.min.replace(tzinfo=timezone.utc), i.id))
 
@@ -710,6 +714,33 @@ class SwarmBackend(Backend):
         if len(found) > 1:
             raise SandboxNotFoundError(f"{sandbox_id!r} matches several sandboxes; give the full id")
         return self._infos(found)[0]
+
+    def events(self, labels: Mapping[str, str]) -> EventStream:
+        """Changes of the sandboxes carrying all of ``labels``, found by looking at them (:meth:`list`)
+        whenever the manager announces a node changing state or a service changing, and every
+        :data:`~agentbox.backends.events.POLL_INTERVAL` seconds for what Swarm does not announce (a task
+        that exited). A node the manager marks down (about three dispatcher heartbeats after it went
+        silent) makes its running sandboxes ``lost`` at that look; a node back makes the look remove
+        their stale copies there."""
+        with engine_errors("subscribing to the swarm manager's events"):
+            raw = self.api.events(decode=True, filters={"type": ["node", "service"]})
+        stream = PolledEvents(lambda: self.list(labels=labels), on_close=raw.close)
+
+        def follow() -> None:
+            try:
+                for event in raw:
+                    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                    # A node's heartbeats and labels change often; only its state matters here.
+                    if event.get("Type") == "node" and "state.new" not in attrs:
+                        continue
+                    stream.nudge()
+            except Exception as exc:
+                if not stream.closed.is_set():
+                    log.warning("the swarm manager's event stream ended (%s): sandbox changes are seen "
+                                "every %.0f s only", exc, POLL_INTERVAL)
+
+        threading.Thread(target=follow, name="agentbox-swarm-events", daemon=True).start()
+        return stream
 
     def reap(self, *, dry_run: bool = False, labels: Mapping[str, str] | None = None) -> builtins.list[str]:
         """Remove this host's sandboxes whose owner process is gone (keep-alive ones are kept)."""
