@@ -514,7 +514,7 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         # The typed routes close over the service, which exists only from here on (no request is served
         # before the lifespan has finished), so they are put in front of the static routes now.
         app.router.routes[:0] = [*api.routes()]
-        manager.watch_engine()
+        await manager.watch_engine()
         counts = await manager.reconcile()
         manager.pools.start()
         print(f"agentbox serve: reconciled {counts}", file=sys.stderr, flush=True)

@@ -727,11 +727,12 @@ class SandboxManager:
 
     # -- the engine's events -------------------------------------------------------------------------------
 
-    def watch_engine(self) -> None:
+    async def watch_engine(self) -> None:
         """Follow the engine's events for this service's containers (call before :meth:`reconcile`, so
         nothing that happens after the reconcile's look is missed)."""
         self._loop = asyncio.get_running_loop()
-        self._watcher.start()
+        # Subscribing is engine I/O (and a first look at the sandboxes, for a backend that polls).
+        await self._call(self._watcher.start)
 
     def _on_engine_event(self, event: EngineEvent) -> None:
         """From the watcher's thread: hand the event to the loop."""
