@@ -172,6 +172,8 @@ class Sandbox:
         self._endpoint: Endpoint | None = None
         self._client: RuntimeClient | None = None
         self._state = SandboxState.NEW
+        #: Why the sandbox is lost (the node that went down), once the engine said so.
+        self._lost_reason: str | None = None
         self._lock = threading.RLock()
 
     # -- identity and state --------------------------------------------------------------------------------
@@ -272,6 +274,9 @@ class Sandbox:
             raise SandboxError(
                 f"sandbox {self.id} is not started; call start() or use `with Sandbox(...)`", sandbox_id=self.id
             )
+        if self._state is SandboxState.LOST:
+            raise SandboxError(f"sandbox {self.id} is lost: {self._lost_reason or 'its node went down'}",
+                               sandbox_id=self.id)
         raise SandboxError(f"sandbox {self.id} is {self._state.value}", sandbox_id=self.id)
 
     def __repr__(self) -> str:
@@ -329,6 +334,11 @@ class Sandbox:
             )
         except AgentboxError:
             return None
+        if state is SandboxState.LOST:
+            # Its node went down (Swarm): the error names the node, never a vague "stopped".
+            why = self._lost_reason or "its node went down, and its processes and files with it"
+            remedy = "; replace() gives a new one in its place" if self._service is not None else ""
+            return SandboxError(f"the sandbox is lost: {why}{remedy}", sandbox_id=self.id)
         if state is SandboxState.PAUSED:
             # Through a service this is its idle policy (or another client) pausing it between calls.
             return SandboxError(
@@ -386,13 +396,19 @@ class Sandbox:
             ):
                 return self._state
             try:
-                engine_state = self.backend.find(self.id).state
+                info = self.backend.find(self.id)
             except SandboxNotFoundError:
                 self._close_client()
                 self._endpoint = None
                 self._state = SandboxState.REMOVED
                 return self._state
-            if engine_state is SandboxState.PAUSED:
+            engine_state = info.state
+            self._lost_reason = info.reason if engine_state is SandboxState.LOST else None
+            if engine_state is SandboxState.LOST:
+                self._close_client()
+                self._endpoint = None
+                self._state = SandboxState.LOST
+            elif engine_state is SandboxState.PAUSED:
                 self._state = SandboxState.PAUSED
             elif engine_state is SandboxState.RUNNING and self._server_answers():
                 self._state = SandboxState.RUNNING
@@ -594,6 +610,25 @@ class Sandbox:
                 return
             self.remove()
 
+    def replace(self) -> None:
+        """Through a service: a new sandbox in place of this lost one (its node went down), from the same
+        configuration and labels, placed anew; the lost one is removed and this handle becomes the new
+        one's (a new id). A SandboxError when the sandbox is not lost: a live one would lose its state."""
+        with self._lock, self._about():
+            service = self._service
+            if service is None:
+                raise ConfigError(
+                    "replace() is done by an agentbox service (server=...); here, remove() the lost sandbox "
+                    "and start a new one"
+                )
+            if self._container_id is None:
+                raise SandboxError(f"sandbox {self.id} is not started", sandbox_id=self.id)
+            remote = service.replace_sandbox(self._container_id)
+            self._close_client()
+            self._adopt(remote, service)
+            self._lost_reason = None
+            self._state = SandboxState.RUNNING
+
     def detach(self) -> None:
         """Let go of this handle and leave the sandbox as it is (reattach later with :meth:`connect`)."""
         with self._lock:
@@ -691,6 +726,7 @@ class Sandbox:
         sandbox = cls(remote.config, backend=service)
         sandbox._adopt(remote, service)
         sandbox._state = state
+        sandbox._lost_reason = remote.info.reason if state is SandboxState.LOST else None
         return sandbox
 
     @classmethod
@@ -930,6 +966,11 @@ class AsyncSandbox:
     async def pause(self) -> None:
         """Freeze the sandbox."""
         await asyncio.to_thread(self._core.pause)
+
+    async def replace(self) -> None:
+        """A new sandbox in place of this lost one, through a service (see :meth:`Sandbox.replace`)."""
+        await self._drop_client()
+        await asyncio.to_thread(self._core.replace)
 
     async def resume(self) -> None:
         """Thaw the sandbox."""

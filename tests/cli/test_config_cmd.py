@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from agentbox.cli import app
 
 COMMANDS = (
-    "run", "start", "exec", "shell", "cp", "ls", "logs", "pause", "resume", "stop", "rm", "reap",
+    "run", "start", "exec", "shell", "cp", "ls", "logs", "pause", "resume", "stop", "rm", "reap", "replace",
     "build", "images", "config", "doctor", "demo",
 )
 
@@ -134,3 +134,9 @@ def test_console_script_help_and_config_error(agentbox_bin: str) -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: ") and "'rwx'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_replace_without_a_service_exits_2_saying_where_it_is_done(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["replace", "abc123"], env={"AGENTBOX_SERVER": "", "AGENTBOX_TOKEN": ""})
+    assert result.exit_code == 2, result.output
+    assert "--server" in result.output and "agentbox rm" in result.output

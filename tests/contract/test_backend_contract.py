@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from agentbox.backends.base import Backend, SandboxState
+from agentbox.backends.events import BackendEvent
 from agentbox.errors import NetworkNotFoundError
 from agentbox.sandbox import Sandbox
 
@@ -99,6 +101,26 @@ def test_reattach_from_another_process(sandbox: Make, backend_name: str) -> None
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"out": ["/tmp", "1"], "state": "running"}
     assert sb.run("echo still mine").output.strip() == "still mine"
+
+
+def test_events_report_a_sandbox_removed(sandbox: Make, backend: Backend, labels: dict[str, str]) -> None:
+    sb, other = sandbox(), sandbox()
+    seen: list[BackendEvent] = []
+    with backend.events({**labels, "agentbox.sandbox": sb.id}) as events:
+        # Bounded: a stream that never reports it is closed (which ends the iteration) and fails below.
+        timer = threading.Timer(120, events.close)
+        timer.start()
+        try:
+            sb.remove()
+            other.remove()  # not carrying the watched labels: never reported
+            for event in events:
+                seen.append(event)
+                if event.kind == "destroy":
+                    break
+        finally:
+            timer.cancel()
+    assert BackendEvent(sb.id, "destroy") in seen, seen
+    assert all(e.sandbox_id == sb.id for e in seen), seen
 
 
 def test_list_shows_the_sandbox_with_its_state(sandbox: Make, backend: Backend, labels: dict[str, str]) -> None:

@@ -8,6 +8,11 @@ what runs inside them. :class:`agentbox.sandbox.Sandbox` drives it::
     endpoint = backend.start(cid, files)    # secrets handed over, started, server ready
     ... backend.pause/resume/stop/logs ...
     backend.remove(cid)                     # container and whatever agentbox created for it
+
+and a watcher (the control plane) follows what happens to sandboxes behind its back::
+
+    with backend.events({"agentbox.service": "..."}) as events:   # see backends/events.py
+        for event in events: ...            # die, oom, destroy, start, pause, unpause, lost
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
+from agentbox.backends.events import EventStream, PolledEvents
 from agentbox.backends.spec import ContainerSpec
 
 if TYPE_CHECKING:
@@ -94,6 +100,10 @@ class SandboxInfo:
     """Started with ``keep_runtime_alive``: kept when its handle closes, and never reaped."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """All container labels."""
+    node: str | None = None
+    """Hostname of the node it runs (or last ran) on, for a backend with several (Swarm); else None."""
+    reason: str | None = None
+    """Why it is in its state, when that needs saying (``lost``: which node went down, what it means)."""
 
 
 class Backend(abc.ABC):
@@ -173,6 +183,16 @@ class Backend(abc.ABC):
     def reap(self, *, dry_run: bool = False, labels: Mapping[str, str] | None = None) -> builtins.list[str]:
         """Remove sandboxes of this host whose owner process is gone; returns their ids. ``labels``: only
         sandboxes carrying all of them (a caller reaping what it made, never other processes' orphans)."""
+
+    def events(self, labels: Mapping[str, str]) -> EventStream:
+        """What happens from now on to the sandboxes carrying all of ``labels`` (died, removed, paused,
+        lost with their node...), as a stream of :class:`~agentbox.backends.events.BackendEvent` that ends
+        when closed (from any thread).
+
+        This default serves a backend whose engine has no event stream: it lists the sandboxes every
+        :data:`~agentbox.backends.events.POLL_INTERVAL` seconds and reports what changed between two
+        looks. A backend with engine events overrides it to report them as they happen."""
+        return PolledEvents(lambda: self.list(labels=labels))
 
     @abc.abstractmethod
     def close(self) -> None:

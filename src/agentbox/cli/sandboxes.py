@@ -503,6 +503,26 @@ def rm_cmd(
     _each(sandbox_ids, "removed", remove)
 
 
+@command("replace", rich_help_panel=SANDBOX_PANEL)
+def replace_cmd(sandbox_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Through a service (--server): a new sandbox in place of a lost one (its node went down), from the
+    same configuration; the lost one is removed. Prints the new sandbox's id."""
+    if REMOTE.server is None:
+        raise ConfigError(
+            "`agentbox replace` is done by an agentbox service (--server); here, `agentbox rm` the lost "
+            "sandbox and start a new one"
+        )
+    sandbox = connect(sandbox_id)
+    try:
+        sandbox.replace()
+    finally:
+        release(sandbox)
+    if as_json:
+        print_json({"replaced": sandbox_id, "id": sandbox.id})
+        return
+    out.print(escape(sandbox.id))
+
+
 @command("reap", rich_help_panel=SANDBOX_PANEL)
 def reap_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,

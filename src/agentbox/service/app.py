@@ -71,7 +71,7 @@ ADMIN_TOKEN_FILE = "admin.token"
 ADMIN_NAME = "admin"
 #: Printed on stderr once the service has reconciled and is about to serve.
 READY_PREFIX = "agentbox serve ready on "
-_CREATED = {("POST", "/v1/sandboxes"), ("POST", "/v1/tokens")}
+_CREATED = {("POST", "/v1/sandboxes"), ("POST", "/v1/tokens"), ("POST", "/v1/sandboxes/{id}/replace")}
 RUNTIME_PATH = "/v1/sandboxes/{id}/runtime/{path}"
 RUNTIME_ROUTE = "/v1/sandboxes/{id}/runtime/{path:path}"
 PORTS_PATH = "/v1/sandboxes/{id}/ports/{port}/{path}"
@@ -261,6 +261,13 @@ def build_router(svc: Service) -> TypedRouter:
     async def remove_sandbox(request: Request) -> SandboxOut:
         """Remove a sandbox and what was created for it."""
         return _sandbox_out(await manager.remove(_who(request), request.path_params["id"]))
+
+    @route("POST", "/v1/sandboxes/{id}/replace", response=SandboxOut)
+    async def replace_sandbox(request: Request) -> Response:
+        """A new sandbox in place of a lost one (same owner, configuration and labels; placed anew), which
+        is removed: 201 with the new record. 409 unless the sandbox is lost (a live one would lose its state)."""
+        row = await manager.replace(_who(request), request.path_params["id"])
+        return json_response(_sandbox_out(row), status_code=201)
 
     @route("POST", "/v1/sandboxes/{id}/pause", response=SandboxOut)
     async def pause_sandbox(request: Request) -> SandboxOut:
@@ -507,7 +514,7 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
         # The typed routes close over the service, which exists only from here on (no request is served
         # before the lifespan has finished), so they are put in front of the static routes now.
         app.router.routes[:0] = [*api.routes()]
-        manager.watch_engine()
+        await manager.watch_engine()
         counts = await manager.reconcile()
         manager.pools.start()
         print(f"agentbox serve: reconciled {counts}", file=sys.stderr, flush=True)

@@ -36,7 +36,7 @@ __all__ = [
 
 TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
-SandboxStateName = Literal["creating", "running", "paused", "stopped", "removing", "dead", "removed"]
+SandboxStateName = Literal["creating", "running", "paused", "stopped", "removing", "dead", "lost", "removed"]
 
 
 def _about(name: str) -> Any:
@@ -102,9 +102,10 @@ class SandboxOut(WireModel):
     id: str = Field(description="The sandbox id (path parameter of every /v1/sandboxes/{id} route).")
     owner: str = Field(description="Name of the token that created it.")
     state: SandboxStateName = Field(
-        description="creating, running, paused, stopped, removing, dead (removed: the answer to DELETE)."
+        description="creating, running, paused, stopped, removing, dead, lost (its node went down: replace or "
+        "remove it); removed: the answer to DELETE."
     )
-    reason: str | None = Field(None, description="Why it is dead (or what failed), when it is.")
+    reason: str | None = Field(None, description="Why it is dead or lost (naming the node), when it is.")
     config: SandboxSettings = Field(description="The effective configuration (defaults filled in).")
     labels: dict[str, str] = Field(description="The labels the client asked for.")
     created: str = Field(description="When it was created (ISO 8601, UTC).")

@@ -8,10 +8,12 @@ record ``removing``. So after a ``kill -9`` at any moment, :meth:`SandboxManager
 half-done step: a ``creating`` or ``removing`` record (its container, if any, is removed with it), and a
 container carrying this service's label with no record at all (removed). Records whose container is gone,
 or exited without being asked to, are kept as ``dead`` with the reason, until their owner removes them.
+A sandbox whose node went down (Swarm) is kept as ``lost``, naming the node, until its owner removes it or
+asks for a replacement (:meth:`SandboxManager.replace`: a new sandbox from the same configuration).
 
 Around that core: warm pools (:mod:`.pool`) hand out ready sandboxes, idle and lifetime timers
-(:mod:`.lifecycle`) pause and remove, the engine's event stream (:mod:`.engine_events`) marks sandboxes
-that die behind the service's back, and every change of state is published to ``GET /v1/events``
+(:mod:`.lifecycle`) pause and remove, the backend's event stream (:mod:`.engine_events`) marks sandboxes
+that die or are lost behind the service's back, and every change of state is published to ``GET /v1/events``
 (:mod:`.events`).
 
 Backend calls block (Docker SDK), so they run on a worker pool; the store runs on its own thread.
@@ -379,6 +381,8 @@ class SandboxManager:
         async with self._lock(row.id):
             row = await self.get(who, sandbox_id)  # fresh, under the lock
             allowed = {"pause": ("running",), "resume": ("paused", "stopped"), "stop": ("running", "paused")}
+            if row.state == "lost":
+                raise ApiError("conflict", f"sandbox {row.id} is lost, it cannot {action}: {row.reason}")
             if row.state not in allowed[action]:
                 needs = " or ".join(allowed[action])
                 raise ApiError("conflict", f"sandbox {row.id} is {row.state}; {action} needs it {needs}")
@@ -448,6 +452,58 @@ class SandboxManager:
         row.state = "removed"
         self._emit(row)
         return row
+
+    async def replace(self, who: Principal, sandbox_id: str) -> SandboxRow:
+        """A new sandbox in place of a lost one: the same owner, configuration, labels and lifecycle
+        settings, placed anew by the backend (on a live node); then the lost one is removed. Only a lost
+        sandbox can be replaced (409 otherwise: a live one would lose its processes and files). If the new
+        one cannot be made, nothing of it is left and the lost one stays as it was."""
+        row = await self.get(who, sandbox_id)
+        async with self._lock(row.id):
+            row = await self.get(who, sandbox_id)
+            if row.state != "lost":
+                raise ApiError(
+                    "conflict",
+                    f"sandbox {row.id} is {row.state}, not lost: only a sandbox whose node went down is replaced "
+                    "(replacing a live one would throw away its processes and files); remove it and create "
+                    "another if that is what you want",
+                )
+            config = SandboxConfig.model_validate(row.config)
+            new = self._new_row(row.owner, config, dict(row.labels))
+            new.idle_timeout, new.max_lifetime, new.keep_alive = row.idle_timeout, row.max_lifetime, row.keep_alive
+            # A lost sandbox holds nothing and does not count: the owner's quota is checked as for a create
+            # (an admin replacing another token's sandbox is not held to the admin's own quota).
+            def check(usage: Usage) -> None:
+                if who.name == row.owner:
+                    check_quota(config, who.quota, usage, who.name)
+
+            await self.store.run(self.store.reserve_sandbox, new, check)
+            try:
+                async with self._lock(new.id):
+                    await self._build(new, config, new.labels)
+            except BaseException as exc:
+                self.metrics.creates.labels(outcome="failed").inc()
+                await self._discard(new)
+                if isinstance(exc, AgentboxError):
+                    raise from_agentbox_error(exc).with_sandbox(row.id) from None
+                raise
+            self.metrics.creates.labels(outcome="ok").inc()
+            await self.store.run(self.store.audit, who.name, "create", new.id, f"replaces lost sandbox {row.id}")
+            self.lifecycle.track(new)
+            self._emit(new)
+            await self.store.run(self.store.update_sandbox, row.id, state="removing")
+            try:
+                await self._remove_containers(row.id, row.container_id, purge_volumes=False)
+            except AgentboxError as exc:
+                # The replacement stands; the lost one's remains go at the next start's reconcile.
+                log.warning("removing lost sandbox %s (replaced by %s) failed: %s", row.id, new.id, exc)
+            else:
+                await self.store.run(self.store.delete_sandbox, row.id)
+            await self.store.run(self.store.audit, who.name, "replace", row.id, f"replaced by {new.id}")
+        self._forget(row.id)
+        row.state = "removed"
+        self._emit(row)
+        return new
 
     async def logs(self, who: Principal, sandbox_id: str, tail: int | None) -> str:
         """The sandbox's container log (its runtime server's output)."""
@@ -536,6 +592,8 @@ class SandboxManager:
             self.touch(sandbox_id)
             return known[1]
         row = await self.get(who, sandbox_id)
+        if row.state == "lost":
+            raise ApiError("conflict", f"sandbox {row.id} is lost: {row.reason}")
         if row.state != "running" or row.container_id is None:
             hint = "; resume it first" if row.state in ("paused", "stopped") else ""
             raise ApiError("conflict", f"sandbox {row.id} is {row.state}{hint}")
@@ -570,7 +628,7 @@ class SandboxManager:
 
     async def reconcile(self) -> dict[str, int]:
         """Make the records and the engine agree after a start (or a crash); returns counts per outcome."""
-        counts = {"adopted": 0, "dead": 0, "removed": 0}
+        counts = {"adopted": 0, "dead": 0, "lost": 0, "removed": 0}
         infos = await self._call(self.backend.list)
         mine: dict[str, list[SandboxInfo]] = {}
         for info in infos:
@@ -595,6 +653,10 @@ class SandboxManager:
                     counts["dead"] += 1
                 continue
             info = found[0]
+            if info.state is SandboxState.LOST and row.state not in ("lost", "pooled"):
+                await self._mark_lost(row, info.node, action="reconcile.lost")
+                counts["lost"] += 1
+                continue
             actual = _ENGINE_STATES.get(info.state)
             if row.state == "pooled":
                 if actual != "running":  # a pool sandbox nobody owns: not worth keeping unless ready
@@ -604,8 +666,8 @@ class SandboxManager:
                 else:
                     counts["adopted"] += 1
                 continue
-            if actual is None:  # exited
-                if row.state != "stopped" and row.state != "dead":
+            if actual is None:  # exited (or lost, and recorded so)
+                if row.state not in ("stopped", "dead", "lost"):
                     await self._mark_dead(row, "its container exited without being stopped (crash or out of memory)")
                     counts["dead"] += 1
                 continue
@@ -644,6 +706,19 @@ class SandboxManager:
         row.state, row.reason = "dead", reason
         self._emit(row)
 
+    async def _mark_lost(self, row: SandboxRow, node: str | None, action: str = "engine.lost") -> None:
+        where = f"node {node}" if node else "its node"
+        reason = (
+            f"{where} went down, and with it the sandbox's processes and files (it is never restarted "
+            "elsewhere: a copy with a fresh filesystem would pass for it); replace it "
+            f"(POST /v1/sandboxes/{row.id}/replace) or remove it"
+        )
+        await self.store.run(self.store.update_sandbox, row.id, state="lost", reason=reason)
+        await self.store.run(self.store.audit, "service", action, row.id, f"{where} is down")
+        self._forget(row.id)
+        row.state, row.reason = "lost", reason
+        self._emit(row)
+
     def _emit(self, row: SandboxRow) -> None:
         if row.owner:  # a pool's sandboxes are nobody's business until taken
             self.events.publish(
@@ -652,11 +727,12 @@ class SandboxManager:
 
     # -- the engine's events -------------------------------------------------------------------------------
 
-    def watch_engine(self) -> None:
+    async def watch_engine(self) -> None:
         """Follow the engine's events for this service's containers (call before :meth:`reconcile`, so
         nothing that happens after the reconcile's look is missed)."""
         self._loop = asyncio.get_running_loop()
-        self._watcher.start()
+        # Subscribing is engine I/O (and a first look at the sandboxes, for a backend that polls).
+        await self._call(self._watcher.start)
 
     def _on_engine_event(self, event: EngineEvent) -> None:
         """From the watcher's thread: hand the event to the loop."""
@@ -674,6 +750,9 @@ class SandboxManager:
     async def _engine_event(self, event: EngineEvent) -> None:
         if event.kind == "oom":
             self._oom.add(event.sandbox_id)
+            return
+        if event.kind == "lost":
+            await self._lost_event(event)
             return
         if event.kind not in ("die", "destroy"):
             return
@@ -697,3 +776,15 @@ class SandboxManager:
             reason = f"its container exited{code}{oom} without being stopped"
         self._oom.discard(event.sandbox_id)
         await self._mark_dead(row, reason, action="engine.dead")
+
+    async def _lost_event(self, event: EngineEvent) -> None:
+        async with self._lock(event.sandbox_id):  # after a transition in flight, which would fail anyway
+            row = await self.store.run(self.store.sandbox, event.sandbox_id)
+            if row is None or row.state in ("lost", "removing", "creating"):
+                return  # a create in flight fails on its own; a removal goes on
+            if row.state == "pooled":
+                await self._discard(row)
+                if row.pool:
+                    self.pools.wake(row.pool)
+                return
+            await self._mark_lost(row, event.node)

@@ -35,6 +35,7 @@ from agentbox.backends.docker import lifecycle, reaping
 from agentbox.backends.docker.egress import LABEL_GATEWAY, Egress
 from agentbox.backends.docker.endpoints import Placement, choose_endpoint, placement_of
 from agentbox.backends.docker.errors import engine_errors
+from agentbox.backends.docker.events import container_events
 from agentbox.backends.docker.networks import (
     ROLE_DEFAULT,
     ROLE_NONE,
@@ -46,6 +47,7 @@ from agentbox.backends.docker.networks import (
 from agentbox.backends.docker.once import OnceByKey
 from agentbox.backends.docker.sockets import SocketDirs
 from agentbox.backends.docker.volumes import create_missing_volumes, remove_volumes, volumes_created_for
+from agentbox.backends.events import EventStream
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
 from agentbox.backends.spec import (
     DEFAULT_NETWORK,
@@ -152,6 +154,10 @@ class DockerBackend(Backend):
     def api(self) -> Any:
         """The low-level API client (fewer round trips than the model layer)."""
         return self.client.api
+
+    def events(self, labels: Mapping[str, str]) -> EventStream:
+        """The engine's container events of the sandboxes carrying all of ``labels``, as they happen."""
+        return container_events(self.api, labels)
 
     def close(self) -> None:
         """Close the client if this backend opened it."""

@@ -2,7 +2,8 @@
 
 The service, not this process, assembles containers, builds images and holds the session keys; a client
 holds only a bearer token. So of the :class:`~agentbox.backends.base.Backend` interface this backend
-implements what a client may do (find, list, pause, resume, stop, remove, logs, the endpoint), and the
+implements what a client may do (find, list, pause, resume, stop, remove, logs, the endpoint; events are
+the interface's default, a periodic look at the list), and the
 container-level steps that only the service performs (``resolve_image``, ``create(spec)``, ``start``,
 ``reap``, ``store``) raise a :class:`~agentbox.errors.ConfigError` saying so. A sandbox is made with
 :meth:`ServiceBackend.create_sandbox` from a configuration instead, and its runtime server is reached
@@ -44,6 +45,8 @@ _STATES = {
     "stopped": SandboxState.STOPPED,
     # Died or OOM-killed behind the service's back: resume starts it again, as for a stopped one.
     "dead": SandboxState.STOPPED,
+    # Its node went down (Swarm): gone with its state; replace_sandbox() gives a new one in its place.
+    "lost": SandboxState.LOST,
     "removing": SandboxState.REMOVED,
     "removed": SandboxState.REMOVED,
 }
@@ -135,7 +138,13 @@ class ServiceBackend(Backend):
             url=self.runtime_url(str(record["id"])) if state is SandboxState.RUNNING else None,
             keep_alive=bool(record.get("keep_alive") or config.get("keep_runtime_alive")),
             labels=dict(record.get("labels") or {}),
+            reason=str(record["reason"]) if record.get("reason") else None,
         )
+
+    def replace_sandbox(self, sandbox_id: str) -> RemoteSandbox:
+        """A new sandbox in place of a lost one (same configuration and labels, placed anew; the lost one
+        is removed); a SandboxError when the sandbox is not lost."""
+        return self._remote(self._api.call("POST", f"/v1/sandboxes/{_quoted(sandbox_id)}/replace"))
 
     def endpoint(self, container_id: str) -> Endpoint:
         """The service's proxy to the sandbox's runtime server (no host port, no socket: the service's)."""

@@ -38,6 +38,7 @@ from agentbox.backends.docker import lifecycle
 from agentbox.backends.docker.errors import engine_errors
 from agentbox.backends.docker.networks import NetworkRef, resolve_network_name
 from agentbox.backends.docker.once import OnceByKey
+from agentbox.backends.events import POLL_INTERVAL, EventStream, PolledEvents
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
 from agentbox.backends.ownership import remove_orphans
 from agentbox.backends.spec import DEFAULT_NETWORK, NONE_NETWORK, SERVER_PORT, ContainerSpec, with_server_volume
@@ -46,6 +47,7 @@ from agentbox.backends.swarm.placement import PATHS_LABEL, Node, choose, pinned_
 from agentbox.backends.swarm.relay import Relay, sandbox_path
 from agentbox.backends.swarm.service import DELIVERED, RUNTIME_REFUSED, ServicePlan, service_args, workspace_volume
 from agentbox.errors import (
+    AgentboxError,
     ConfigError,
     EngineUnavailableError,
     NetworkNotFoundError,
@@ -68,6 +70,11 @@ ROLE_SANDBOX_NET = "sandbox"
 #: service is scaled to 0 at the same time, so no later reconcile of the swarm starts it again, fresh,
 #: on that node; the sandbox stays ``lost`` until it is removed (or replaced by a new one).
 LOST_LABEL = "agentbox.lost-on"
+#: Service label of a sandbox removed while its node was down (value: "purge" to remove all its volumes,
+#: else "1"): what it left on that node (a stale container, its volumes, the overlay they share) can only
+#: be removed once the node is back, so the service stays as a marker, hidden from list and find, until a
+#: look at the sandboxes finds the node ready and finishes the removal.
+REMOVED_LABEL = "agentbox.removed"
 
 _STARTING = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
 
@@ -547,6 +554,10 @@ class SwarmBackend(Backend):
         labels = spec.get("Labels") or {}
         sandbox_id = labels.get(LABELS.SANDBOX, "")
         pinned = pinned_node((spec["TaskTemplate"].get("Placement") or {}).get("Constraints") or [])
+        nodes = self.nodes()
+        if pinned in nodes and nodes[pinned].state != "ready":
+            self._mark_removed(container_id, labels, nodes[pinned].hostname, purge_volumes=purge_volumes)
+            return
         containers = self._containers_of(container_id)
         with engine_errors("removing the sandbox service"), contextlib.suppress(NotFound):
             self.api.remove_service(container_id)
@@ -562,7 +573,6 @@ class SwarmBackend(Backend):
             self._remove_network(net["Name"])
         # Its volumes are where its containers were, and on the node it is pinned to (a lost sandbox's
         # stale copy may be gone already, its work dir volume not).
-        nodes = self.nodes()
         volumes = {hostname for hostname, _ in containers}
         if pinned in nodes and nodes[pinned].state == "ready" and nodes[pinned].hostname in self.settings.swarm_nodes:
             volumes.add(nodes[pinned].hostname)
@@ -574,6 +584,39 @@ class SwarmBackend(Backend):
                     if purge_volumes or vol["Name"] == workspace_volume(sandbox_id):
                         with contextlib.suppress(APIError):
                             api.remove_volume(vol["Name"])
+
+    def _mark_removed(self, service_id: str, labels: Mapping[str, str], hostname: str, *, purge_volumes: bool) -> None:
+        """Remove a sandbox whose node is down, as far as can be now (see :data:`REMOVED_LABEL`)."""
+        from docker.errors import APIError
+
+        log.warning("sandbox %s is removed; what it left on node %s (down) goes once that node is back",
+                    labels.get(LABELS.SANDBOX), hostname)
+        mark = "purge" if purge_volumes else "1"
+        for attempt in range(3):  # another process may update it at the same moment: read its version again
+            service = self._service(service_id)
+            try:
+                self.api.update_service(
+                    service_id, service["Version"]["Index"], mode={"Replicated": {"Replicas": 0}},
+                    labels={**(service["Spec"].get("Labels") or {}), REMOVED_LABEL: mark}, fetch_current_spec=True,
+                )
+                return
+            except APIError as exc:
+                if attempt == 2:
+                    with engine_errors("marking the sandbox service removed"):
+                        raise exc
+
+    def _finish_removal(self, service: Mapping[str, Any], nodes: Mapping[str, Node]) -> None:
+        """A sandbox removed while its node was down: once that node is ready, remove what is left."""
+        spec = service["Spec"]
+        pinned = pinned_node((spec["TaskTemplate"].get("Placement") or {}).get("Constraints") or [])
+        if pinned is not None and pinned in nodes and nodes[pinned].state != "ready":
+            return
+        labels = spec.get("Labels") or {}
+        log.warning("node of removed sandbox %s is back: removing what it left there", labels.get(LABELS.SANDBOX))
+        try:
+            self.remove(str(service["ID"]), purge_volumes=labels.get(REMOVED_LABEL) == "purge")
+        except AgentboxError as exc:  # the next look tries again
+            log.warning("finishing the removal of sandbox %s failed: %s", labels.get(LABELS.SANDBOX), exc)
 
     def _remove_network(self, name: str) -> None:
         """Remove an overlay; its last task may still be detaching on its node for a few seconds."""
@@ -638,9 +681,14 @@ class SwarmBackend(Backend):
         infos = []
         for service in services:
             labels = service["Spec"].get("Labels") or {}
+            if REMOVED_LABEL in labels:
+                self._finish_removal(service, nodes)
+                continue
             sandbox_id = labels.get(LABELS.SANDBOX, "")
             task = tasks.get(service["ID"])
             state = self._state(service, task, nodes)
+            node = nodes.get(task.node_id) if task is not None else None
+            hostname = labels.get(LOST_LABEL) or (node.hostname if node is not None else None)
             if state is SandboxState.LOST:
                 self._settle_lost(service, task, nodes)
             record = None
@@ -658,7 +706,8 @@ class SwarmBackend(Backend):
                 created=_parse_created(labels.get(LABELS.CREATED)),
                 owner_pid=record.owner_pid if record else (int(pid) if pid and pid.isdigit() else None),
                 owner_host=labels.get(LABELS.OWNER_HOST, ""), url=url,
-                keep_alive=labels.get(LABELS.KEEP_ALIVE) == "1", labels=dict(labels),
+                keep_alive=labels.get(LABELS.KEEP_ALIVE) == "1", labels=dict(labels), node=hostname,
+                reason=_lost_message(hostname or "?") if state is SandboxState.LOST else None,
             ))
         return sorted(infos, key=lambda i: (i.created or datetime.min.replace(tzinfo=timezone.utc), i.id))
 
@@ -707,9 +756,39 @@ class SwarmBackend(Backend):
                 ]
         if not found:
             raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on this swarm (list them with `agentbox ls`)")
-        if len(found) > 1:
+        infos = self._infos(found)
+        if not infos:  # removed while its node is down: only the marker is left
+            raise SandboxNotFoundError(f"no sandbox {sandbox_id!r} on this swarm (list them with `agentbox ls`)")
+        if len(infos) > 1:
             raise SandboxNotFoundError(f"{sandbox_id!r} matches several sandboxes; give the full id")
-        return self._infos(found)[0]
+        return infos[0]
+
+    def events(self, labels: Mapping[str, str]) -> EventStream:
+        """Changes of the sandboxes carrying all of ``labels``, found by looking at them (:meth:`list`)
+        whenever the manager announces a node changing state or a service changing, and every
+        :data:`~agentbox.backends.events.POLL_INTERVAL` seconds for what Swarm does not announce (a task
+        that exited). A node the manager marks down (about three dispatcher heartbeats after it went
+        silent) makes its running sandboxes ``lost`` at that look; a node back makes the look remove
+        their stale copies there."""
+        with engine_errors("subscribing to the swarm manager's events"):
+            raw = self.api.events(decode=True, filters={"type": ["node", "service"]})
+        stream = PolledEvents(lambda: self.list(labels=labels), on_close=raw.close)
+
+        def follow() -> None:
+            try:
+                for event in raw:
+                    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                    # A node's heartbeats and labels change often; only its state matters here.
+                    if event.get("Type") == "node" and "state.new" not in attrs:
+                        continue
+                    stream.nudge()
+            except Exception as exc:
+                if not stream.closed.is_set():
+                    log.warning("the swarm manager's event stream ended (%s): sandbox changes are seen "
+                                "every %.0f s only", exc, POLL_INTERVAL)
+
+        threading.Thread(target=follow, name="agentbox-swarm-events", daemon=True).start()
+        return stream
 
     def reap(self, *, dry_run: bool = False, labels: Mapping[str, str] | None = None) -> builtins.list[str]:
         """Remove this host's sandboxes whose owner process is gone (keep-alive ones are kept)."""
