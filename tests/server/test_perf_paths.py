@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from agentbox.server.memory import MMAP_THRESHOLD, tune_malloc
 from agentbox.server.procs import Instant, now
+from agentbox.server.shell import _overwrite
 
 
 def test_a_process_started_since_an_instant_is_seen() -> None:
@@ -63,3 +65,12 @@ def test_tune_malloc_returns_freed_chunks_to_the_kernel() -> None:
 
 def test_tune_malloc_is_harmless_to_call_twice() -> None:
     assert tune_malloc() == tune_malloc()
+
+
+def test_overwrite_leaves_exactly_the_new_content(tmp_path: Path) -> None:
+    path = tmp_path / "cmd.sh"
+    _overwrite(str(path), b"a much longer first command\n")
+    _overwrite(str(path), b"ls\n")
+    assert path.read_bytes() == b"ls\n"
+    _overwrite(str(path), b"echo \xff\n")
+    assert path.read_bytes() == b"echo \xff\n"
