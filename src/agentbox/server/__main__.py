@@ -243,6 +243,8 @@ def _make_server(
         access_log=False,
         date_header=False,
         server_header=False,
+        # Nothing here reads the client address: rewriting it from X-Forwarded-* is work per request for nothing.
+        proxy_headers=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
         # The /pty route (the console's terminal) is a WebSocket. The sans-I/O websockets protocol where
