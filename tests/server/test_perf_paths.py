@@ -74,3 +74,15 @@ def test_overwrite_leaves_exactly_the_new_content(tmp_path: Path) -> None:
     assert path.read_bytes() == b"ls\n"
     _overwrite(str(path), b"echo \xff\n")
     assert path.read_bytes() == b"echo \xff\n"
+
+
+def test_client_builds_a_tls_context_only_for_https() -> None:
+    from agentbox.client import RuntimeClient
+
+    with RuntimeClient("http://127.0.0.1:9", "key") as plain:
+        assert plain._transport_args()["verify"] is False
+    with RuntimeClient("http://localhost", "key", uds="/nonexistent.sock") as uds:
+        assert uds._transport_args()["verify"] is False
+    # Through a control plane behind TLS the certificate is checked, as httpx does by default.
+    with RuntimeClient("https://agentbox.example/v1/sandboxes/x/runtime", "tok", auth="bearer") as tls:
+        assert "verify" not in tls._transport_args()
