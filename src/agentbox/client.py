@@ -847,12 +847,16 @@ class _BaseClient:
 
     def _transport_args(self) -> dict[str, Any]:
         """Keyword arguments of the httpx transport: a Unix socket, or TCP without Nagle."""
+        # A transport builds its TLS context at once, loading the whole CA bundle: 20 ms on an idle machine,
+        # paid by the first call of every new sandbox (and serialised by the GIL when many start at once).
+        # A runtime server speaks plain HTTP, so only an https URL (a control plane behind TLS) needs one.
+        tls: dict[str, Any] = {} if self.uds is None and self.base_url.startswith("https:") else {"verify": False}
         if self.uds is not None:
             # A Unix stream socket has no Nagle algorithm (and rejects TCP options): only the path.
-            return {"limits": self._limits, "uds": self.uds}
+            return {"limits": self._limits, "uds": self.uds, **tls}
         # httpcore writes a request's headers and body separately; with Nagle on, the body waits for the
         # server's delayed ACK (~40 ms per call). Every call is latency-bound, so send immediately.
-        return {"limits": self._limits, "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]}
+        return {"limits": self._limits, "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **tls}
 
     def _request_args(self, call: _Call[Any], content: _Content, trace: Callable[..., Any]) -> dict[str, Any]:
         return {

@@ -180,7 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         host = f"[{args.host}]" if ":" in args.host else args.host
         ready = f"{READY_LINE_PREFIX}http://{host}:{settings.port}"
     # "app": the app built and uvicorn imported; "ready": its lifespan ran (pools, the default shell).
-    server = _make_server(create_app(settings), ready, phases)
+    app = create_app(settings)
+
+    def after_ready() -> None:
+        from agentbox.server.app import warm_up
+        from agentbox.server.memory import tune_malloc
+
+        tune_malloc()
+        warm_up(app)
+
+    server = _make_server(app, ready, phases, after_ready)
     marks["app"] = time.time()
     if plugins_env is None:  # sandbox processes inherit this environment: leave it as it was
         del os.environ["PYDANTIC_DISABLE_PLUGINS"]
@@ -190,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _make_server(app: ASGIApp, ready_line: str, phases: Callable[[], str]) -> uvicorn.Server:
+def _make_server(
+    app: ASGIApp, ready_line: str, phases: Callable[[], str], after_ready: Callable[[], None]
+) -> uvicorn.Server:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -205,6 +216,9 @@ def _make_server(app: ASGIApp, ready_line: str, phases: Callable[[], str]) -> uv
                 print(phases(), file=sys.stderr, flush=True)
                 # Only now do the listeners run; the Docker backend waits for this exact line.
                 print(ready_line, flush=True)
+                # Next on the loop, while the ready line travels to the host and its first request
+                # comes back: no request can be read before it runs, and none waits longer for it.
+                asyncio.get_running_loop().call_soon(after_ready)
 
         async def main_loop(self) -> None:
             # uvicorn wakes every 0.1 s to refresh the Date header and look at should_exit; an idle
@@ -229,6 +243,8 @@ def _make_server(app: ASGIApp, ready_line: str, phases: Callable[[], str]) -> uv
         access_log=False,
         date_header=False,
         server_header=False,
+        # Nothing here reads the client address: rewriting it from X-Forwarded-* is work per request for nothing.
+        proxy_headers=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
         # The /pty route (the console's terminal) is a WebSocket. The sans-I/O websockets protocol where

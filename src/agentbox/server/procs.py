@@ -148,6 +148,14 @@ class Instant:
     ticks: int
     last_pid: int
 
+    def nothing_started_since(self) -> bool:
+        """True when no process at all was started after this instant (no PID was handed out since).
+
+        Exact, and one small read instead of a /proc scan: a command made of builtins (``cd``, ``echo``,
+        an assignment) forks nothing, and it is the commonest kind.
+        """
+        return self.last_pid != 0 and now().last_pid == self.last_pid
+
     def precedes(self, start_ticks: int, pid: int) -> bool:
         """True if a process with this start time and pid was started after this instant."""
         return start_ticks > self.ticks or (start_ticks == self.ticks and pid > self.last_pid)
@@ -248,6 +256,8 @@ class Lineage:
 
     def groups(self, since: Instant) -> set[int]:
         """Process groups (jobs) of the members started after ``since``, the root's own group excluded."""
+        if since.nothing_started_since():
+            return set()
         return {p.pgrp for p in self._members(since, None).values() if p.pgrp != self.root}
 
     def _members(self, since: Instant | None, groups: Collection[int] | None = None) -> dict[int, _Proc]:

@@ -67,6 +67,22 @@ class Endpoint:
     response: Any = None
     content_type: str | tuple[str, ...] = "application/json"
     raw_body: bool = False
+    _adapter: TypeAdapter[Any] | None = dataclasses.field(default=None, repr=False)
+
+    def body_adapter(self) -> TypeAdapter[Any]:
+        """The validator of the body, built on first use: startup time is precious."""
+        if self._adapter is None:
+            self._adapter = TypeAdapter(self.body)
+        return self._adapter
+
+    def warm_up(self) -> None:
+        """Build now what this endpoint's first request would build: its body's validator and its
+        answer's serializer (pydantic builds both on first use, see ``defer_build`` in the protocol)."""
+        if self.body is not None:
+            self.body_adapter()
+        for model in (self.body, self.query, self.response):
+            if isinstance(model, type) and issubclass(model, BaseModel) and not model.__pydantic_complete__:
+                model.model_rebuild()
 
 
 def _body_error(adapter: TypeAdapter[Any], raw: bytes, exc: ValidationError) -> BadRequestError:
@@ -176,18 +192,16 @@ class TypedRouter:
 
     def _endpoint(self, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         query, handler, limit = ep.query, ep.handler, self.max_body_bytes
-        adapter: list[TypeAdapter[Any]] = []  # built on first request: startup time is precious
 
         async def endpoint(request: Request) -> Response:
             kwargs: dict[str, Any] = {}
             if ep.body is not None:
-                if not adapter:
-                    adapter.append(TypeAdapter(ep.body))
+                adapter = ep.body_adapter()
                 raw = await read_body(request, limit)
                 try:
-                    kwargs["body"] = adapter[0].validate_json(raw or b"{}")
+                    kwargs["body"] = adapter.validate_json(raw or b"{}")
                 except ValidationError as exc:
-                    raise _body_error(adapter[0], raw, exc) from None
+                    raise _body_error(adapter, raw, exc) from None
             if query is not None:
                 try:
                     kwargs["query"] = query.model_validate(dict(request.query_params), context={"query": True})
@@ -197,6 +211,12 @@ class TypedRouter:
             return result if isinstance(result, Response) else json_response(result)
 
         return endpoint
+
+    def warm_up(self, *paths: str) -> None:
+        """Build ahead of time what the first request to each of ``paths`` (every method) would."""
+        for ep in self.endpoints:
+            if ep.path in paths:
+                ep.warm_up()
 
     def openapi(self, *, title: str, version: str, error_model: type[BaseModel]) -> dict[str, Any]:
         """The OpenAPI 3.1 document of every endpoint."""

@@ -107,6 +107,23 @@ def _runaway_size() -> int:
     return max(_RUNAWAY_MIN, limit // _RUNAWAY_SHARE) if limit else _RUNAWAY_UNLIMITED
 
 
+def _overwrite(path: str, data: bytes) -> None:
+    """Make ``data`` the content of ``path``: written over the old content, then cut to its length.
+
+    Not truncated first: ext4 (auto_da_alloc) flushes a file truncated to zero and rewritten when it is
+    closed, which made writing a one-line command cost 0.15-0.2 ms instead of microseconds, on every
+    command. bash read the previous command whole before running it, so nobody reads the file meanwhile.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
 def _octal(data: bytes) -> str:
     return "".join(f"\\{b:03o}" for b in data)
 
@@ -473,10 +490,8 @@ class ShellSession:
         spool = os.path.join(self._state_dir, "cmd-{id}.out")
         cmd = ShellCommand(self.name, self._seq, req.command, spool, limit)
         script = os.path.join(bash.directory, "cmd.sh")
-        with open(script, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(req.command)
-            if not req.command.endswith("\n"):
-                f.write("\n")
+        text = req.command if req.command.endswith("\n") else req.command + "\n"
+        _overwrite(script, text.encode("utf-8", "surrogateescape"))
         line = f"__agentbox_seq={cmd.seq}; . {shlex.quote(script)}\n".encode()
         self._write(bash, line)
         self._command = cmd
