@@ -98,8 +98,15 @@ def _api(request: Request) -> tuple[Principal, Runtimes]:
     return principal, _runtimes(_service(request))
 
 
+def _service_url(request: Request) -> str:
+    """The service's root URL as the client reached it (without this router's mount point)."""
+    base = str(request.base_url).rstrip("/")
+    root = str(request.scope.get("root_path") or "").rstrip("/")
+    return base[: -len(root)] if root and base.endswith(root) else base
+
+
 async def _record(runtimes: Runtimes, row: SandboxRow, request: Request) -> RuntimeRecord:
-    return RuntimeRecord.model_validate(await runtimes.record(row, _base_url(request)))
+    return RuntimeRecord.model_validate(await runtimes.record(row, _base_url(request), _service_url(request)))
 
 
 def _typed_routes() -> list[BaseRoute]:
@@ -110,10 +117,7 @@ def _typed_routes() -> list[BaseRoute]:
     async def start(request: Request, body: StartRequest) -> RuntimeRecord:
         """Start a runtime for ``session_id`` (or answer the live one: idempotent per session)."""
         who, runtimes = _api(request)
-        row = await runtimes.start(
-            who, session_id=body.session_id, image=body.image, command=body.command,
-            working_dir=body.working_dir, environment=body.environment, resource_factor=body.resource_factor,
-        )
+        row = await runtimes.start(who, body)
         return await _record(runtimes, row, request)
 
     @route("GET", "/sessions/batch", response=list[RuntimeRecord])
