@@ -161,3 +161,50 @@ def test_openhands_connects_to_a_runtime_from_a_pool(services: Any, openhands_im
         assert all(url.startswith(f"{svc.url}/v1/sandboxes/{waiting}/ports/") for url in out["web_hosts"])
         assert out["work_port"] == {"status": 200, "body": "served-from-a-work-port\n"}
     assert docker_client.api.containers(all=True, filters={"label": f"agentbox.sandbox={waiting}"}) == []
+
+
+#: On OpenHands' image (its venv has websockets): /alive on 60000 for readiness, a WebSocket echo on 12000.
+WS_APP = r"""
+import asyncio
+from websockets.asyncio.server import serve
+def alive(connection, request):
+    return connection.respond(200, "ok\n")
+async def echo(ws):
+    async for message in ws:
+        await ws.send("echo:" + message)
+async def main():
+    async with serve(echo, "0.0.0.0", 60000, process_request=alive), serve(echo, "0.0.0.0", 12000):
+        await asyncio.Future()
+asyncio.run(main())
+"""
+
+
+def test_work_port_websockets_reach_the_runtime(service: tuple[ServiceProcess, str],
+                                                openhands_images: tuple[str, ...]) -> None:
+    """A WebSocket to a work_hosts URL reaches the app on that port in the runtime (straight to its network
+    address: an OpenHands runtime has no agentbox port forward); a port nothing listens on is refused."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from agentbox.images.openhands import VENV
+
+    svc, token = service
+    body = {"image": openhands_images[0], "command": [f"{VENV}/bin/python", "-u", "-c", WS_APP],
+            "session_id": "ws-conv"}
+    with httpx.Client(base_url=f"{svc.url}/openhands", headers={"X-API-Key": token}, timeout=120) as api:
+        record = api.post("/start", json=body).json()
+        for _ in range(300):
+            record = api.get(f"/runtime/{record['runtime_id']}").json()
+            if record["pod_status"] == "ready":
+                break
+            time.sleep(0.2)
+        assert record["pod_status"] == "ready", record
+        hosts = {port: url for url, port in record["work_hosts"].items()}
+        bearer = {"Authorization": f"Bearer {token}"}
+        with connect(hosts[12000].replace("http://", "ws://", 1), additional_headers=bearer, open_timeout=30) as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=30) == "echo:hi"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(hosts[12001].replace("http://", "ws://", 1), additional_headers=bearer, open_timeout=30)
+        assert refused.value.response.status_code == 502 and b"port_closed" in refused.value.response.body
+        assert api.post("/stop", json={"runtime_id": record["runtime_id"]}).status_code == 200
