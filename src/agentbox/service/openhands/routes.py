@@ -11,6 +11,12 @@ OpenHands is configured with ``SANDBOX_REMOTE_RUNTIME_API_URL=<service>/openhand
   reachable (runtime ids are 12 hex digits, never one of this router's own words). It is authenticated by
   the runtime's session key (``X-Session-API-Key``), which OpenHands holds, not by the token: V1 polls
   ``/health`` with no header at all. The token OpenHands also sends there is removed before forwarding.
+
+A record's ``work_hosts`` (where OpenHands tells its agent to serve web apps) are paths of the control
+plane's own port proxy, ``/v1/sandboxes/{id}/ports/{port}/`` (a token, or the console's cookie). VSCode is
+not served: OpenHands 0.62 derives its URL itself, as a ``vscode-<host>`` subdomain for a sandbox URL whose
+path does not start with the runtime id (V0) or always (V1), and the images built here have no
+openvscode-server.
 """
 
 from __future__ import annotations
