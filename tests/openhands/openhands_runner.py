@@ -25,6 +25,7 @@ def run_client(
     *,
     labels: dict[str, str],
     extra_env: dict[str, str] | None = None,
+    volumes: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Run one step of client_scenario.py against the runtime API at ``api_url``; returns what it printed."""
     env = {
@@ -41,7 +42,7 @@ def run_client(
     container = docker_client.containers.run(
         image, [f"{VENV}/bin/python", "-u", "/scenario/client_scenario.py", step, sid],
         environment=env, network_mode="host", labels=labels, detach=True, working_dir="/tmp",
-        volumes={str(HERE): {"bind": "/scenario", "mode": "ro"}},
+        volumes={str(HERE): {"bind": "/scenario", "mode": "ro"}, **(volumes or {})},
     )
     try:
         status = container.wait(timeout=STEP_TIMEOUT)

@@ -1,7 +1,8 @@
 """OpenHands' remote runtime API, exercised over HTTP exactly as OpenHands' clients call it, against a
 stand-in server that behaves like OpenHands' servers where the API depends on them: it listens on 60000,
 answers ``/alive`` and ``/health`` without a key and everything else only with ``SESSION_API_KEY``, and
-echoes what reached it (headers, whether it has a key) so the proxy's work can be checked.
+echoes what reached it (headers, whether it has a key) so the proxy's work can be checked. It also runs
+an agent's web application on work port 12000 (echoing the path and headers it got).
 
 The runs with OpenHands' own client and images are in test_openhands_client.py.
 """
@@ -20,7 +21,7 @@ from service_process import ServiceProcess
 
 #: The stand-in server: python3's http.server, on OpenHands' port.
 STAND_IN = r"""
-import json, os, sys
+import json, os, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 KEY = os.environ.get("SESSION_API_KEY")
 class H(BaseHTTPRequestHandler):
@@ -41,6 +42,16 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(data)
     do_GET = do_POST = _answer
     def log_message(self, *a): pass
+class W(BaseHTTPRequestHandler):
+    def do_GET(self):
+        heard = {k.lower(): v for k, v in self.headers.items()}
+        data = json.dumps({"work": self.path, "headers": heard}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *a): pass
+threading.Thread(target=ThreadingHTTPServer(("0.0.0.0", 12000), W).serve_forever, daemon=True).start()
 ThreadingHTTPServer(("0.0.0.0", 60000), H).serve_forever()
 """
 COMMAND = ["python3", "-u", "-c", STAND_IN, "openhands.runtime.action_execution_server", "60000"]
@@ -195,3 +206,87 @@ def test_images_and_builds(service: tuple[ServiceProcess, str, str], runtime_ima
                             data={"target_image": "x", "tags": ["a"]}).json()["build_id"]
         status = api.get("/build_status", params={"build_id": build_id}).json()
         assert status["status"] == "FAILURE" and "agentbox build --openhands" in status["error"]
+
+
+def _pool_free(admin: httpx.Client, pool: str) -> float:
+    for line in admin.get("/metrics").text.splitlines():
+        if line.startswith(f'agentbox_pool_free{{pool="{pool}"}}'):
+            return float(line.split()[-1])
+    return -1
+
+
+def _wait_pool(admin: httpx.Client, pool: str) -> None:
+    """Until the pool has a ready runtime (bounded by count, not asserted on time)."""
+    for _ in range(POLLS * 5):
+        if _pool_free(admin, pool) == 1:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"pool {pool} never filled")
+
+
+def test_start_is_served_from_an_openhands_pool(services: Any, runtime_image: str, docker_client: Any,
+                                                tmp_path: Any) -> None:
+    """A ``[pool.openhands]`` profile equal to what OpenHands posts: the runtime is booted before the
+    ``/start``, which takes it (ready at once, key delivered as for a cold one); a start that differs in
+    what is fixed at creation (its environment) is made cold; the pool refills."""
+    config = tmp_path / "service.toml"
+    config.write_text(  # JSON strings and arrays are TOML too
+        f'[[pool]]\nname = "oh"\nsize = 1\n[pool.openhands]\nimage = "{runtime_image}"\n'
+        f'command = {json.dumps(COMMAND)}\nworking_dir = "/tmp"\nenvironment = {{ OH_TEST = "seed" }}\n'
+    )
+    svc = services("--config", str(config))
+    token = svc.admin_token
+    with svc.client(token) as admin, _client(svc, token) as api, httpx.Client(timeout=120) as plain:
+        _wait_pool(admin, "oh")
+        (waiting,) = [c["Labels"]["agentbox.sandbox"]
+                      for c in docker_client.api.containers(filters={"label": "agentbox.service-pool=oh"})]
+        assert api.get("/list").json() == {"runtimes": []}  # nobody's until taken
+
+        record = _start(api, runtime_image, "conv-pooled")
+        assert record["runtime_id"] == waiting and record["session_id"] == "conv-pooled"
+        assert record["pod_status"] == "ready"  # its server answered before anyone asked
+        assert 'agentbox_sandbox_creates_total{outcome="pooled"} 1.0' in admin.get("/metrics").text
+        key = record["session_api_key"]
+        seen = plain.post(f"{record['url']}/execute_action", headers={"X-Session-API-Key": key}).json()
+        assert seen["has_key"] is True and (seen["cwd"], seen["env"]) == ("/tmp", "seed")
+        assert plain.post(f"{record['url']}/execute_action", headers={"X-Session-API-Key": "x"}).status_code == 401
+        attrs = docker_client.api.inspect_container(
+            docker_client.api.containers(filters={"label": f"agentbox.sandbox={waiting}"})[0]["Id"])
+        assert key not in json.dumps(attrs)
+        assert _start(api, runtime_image, "conv-pooled")["runtime_id"] == waiting  # still idempotent
+
+        cold = _start(api, runtime_image, "conv-cold", environment={"OH_TEST": "other"})
+        pooled_now = {c["Labels"]["agentbox.sandbox"]
+                      for c in docker_client.api.containers(all=True, filters={"label": "agentbox.service-pool=oh"})}
+        assert cold["runtime_id"] != waiting and cold["runtime_id"] not in pooled_now
+        assert 'agentbox_sandbox_creates_total{outcome="ok"} 1.0' in admin.get("/metrics").text
+        _wait_pool(admin, "oh")  # refilled with a new one
+        assert {c["Labels"]["agentbox.sandbox"]
+                for c in docker_client.api.containers(filters={"label": "agentbox.service-pool=oh"})} - {waiting}
+        for rid in (waiting, cold["runtime_id"]):
+            assert api.post("/stop", json={"runtime_id": rid}).status_code == 200
+
+
+def test_work_hosts_reach_the_runtime_app_ports(service: tuple[ServiceProcess, str, str], runtime_image: str,
+                                                docker_client: Any) -> None:
+    """``work_hosts`` are paths of the /v1 port proxy: a web app listening on a work port in the runtime
+    answers there (with the token, never given the session key); nothing is published on the host."""
+    svc, token, other = service
+    with _client(svc, token) as api, httpx.Client(timeout=120) as plain:
+        ready = _wait_ready(api, _start(api, runtime_image, "conv-web")["runtime_id"])
+        rid = ready["runtime_id"]
+        hosts = {port: url for url, port in ready["work_hosts"].items()}
+        assert sorted(hosts) == [12000, 12001]
+        assert hosts[12000] == f"{svc.url}/v1/sandboxes/{rid}/ports/12000/"
+        bearer = {"Authorization": f"Bearer {token}"}
+        got = plain.get(hosts[12000] + "page?q=1", headers={**bearer, "X-Session-API-Key": "leak?"})
+        assert got.status_code == 200, got.text
+        assert got.json()["work"] == "/page?q=1"
+        assert not {"authorization", "x-session-api-key"} & set(got.json()["headers"])
+        assert plain.get(hosts[12000]).status_code == 401  # /v1: a token is needed
+        assert plain.get(hosts[12000], headers={"Authorization": f"Bearer {other}"}).status_code == 404
+        closed = plain.get(hosts[12001], headers=bearer)  # nothing listens there
+        assert closed.status_code == 502 and closed.json()["error"]["code"] == "port_closed"
+        container = docker_client.api.containers(filters={"label": f"agentbox.sandbox={rid}"})[0]
+        assert not any(p.get("PublicPort") for p in container["Ports"])
+        assert api.post("/stop", json={"runtime_id": rid}).status_code == 200

@@ -6,6 +6,9 @@ takes one in a single store transaction (quota checked in it), so two creates ne
 pool has one refill task that sleeps until woken (at start, after every take) and then makes sandboxes,
 one at a time, until the pool is full again: no polling. A failing refill backs off before trying again.
 
+An OpenHands pool (``[pool.openhands]``) holds runtimes of OpenHands' own image and server instead; only
+OpenHands' ``/start`` takes them, when it posts exactly the pool's launch (:mod:`agentbox.service.openhands.pooling`).
+
 A pooled sandbox cannot receive its owner's workspace: bind mounts are fixed when a container is created,
 before the owner is known (see the closing note of the report: a propagating mount point would need a
 mount made on the host after start, which the Backend interface cannot express and which needs root).
@@ -23,6 +26,7 @@ from agentbox.config import SandboxConfig
 from agentbox.service.settings import PoolSpec
 
 if TYPE_CHECKING:
+    from agentbox.service.openhands.models import Launch
     from agentbox.service.sandboxes import SandboxManager
 
 __all__ = ["WarmPools"]
@@ -57,7 +61,20 @@ class WarmPools:
 
         key = None
         for name, spec in self._specs.items():
-            if spec.size == 0 or dict(labels) != spec.labels:
+            if spec.size == 0 or spec.openhands is not None or dict(labels) != spec.labels:
+                continue
+            key = key or config_json(config)
+            if key == self._keys[name]:
+                return name
+        return None
+
+    def match_launch(self, config: SandboxConfig, launch: Launch) -> str | None:
+        """The OpenHands pool whose runtimes are exactly what this ``/start`` asks for, if any."""
+        from agentbox.service.sandboxes import config_json
+
+        key = None
+        for name, spec in self._specs.items():
+            if spec.size == 0 or spec.openhands != launch:
                 continue
             key = key or config_json(config)
             if key == self._keys[name]:
@@ -98,7 +115,12 @@ class WarmPools:
                 if ready + making >= spec.size:
                     break
                 try:
-                    await manager.make_pooled(name, config, dict(spec.labels))
+                    if spec.openhands is not None:
+                        from agentbox.service.openhands.pooling import make_pooled_runtime
+
+                        await make_pooled_runtime(manager, name, config, spec.openhands)
+                    else:
+                        await manager.make_pooled(name, config, dict(spec.labels))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # an engine hiccup must not end the pool

@@ -8,7 +8,8 @@ not buffered. WebSocket upgrades are relayed message by message.
 ``/v1/sandboxes/{id}/ports/{port}/{path}`` goes the same way to the runtime server's port forward
 (:mod:`agentbox.server.portfwd`), which reaches ``127.0.0.1:{port}`` inside the sandbox; its WebSockets
 travel over the runtime server's byte tunnel. The runtime server's own refusals there (``port_closed``...)
-are turned into the service's error shape.
+are turned into the service's error shape. A sandbox that runs its image's own server (an OpenHands
+runtime: ``Target.direct_ports``) has no such forward; its ports are reached on its network address.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from agentbox.backends.base import Endpoint
 from agentbox.protocol import API_KEY_HEADER
 from agentbox.server.portfwd import ERROR_HEADER as PORT_ERROR_HEADER
 from agentbox.server.routing import json_response
@@ -75,7 +77,7 @@ class RuntimeProxy:
         self._uds: dict[str, tuple[str, httpx.AsyncClient]] = {}
         # Idle kept-alive connections of the h11 path, per runtime server address (URL or socket path).
         self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-        self._addresses: dict[str, str] = {}
+        self._addresses: dict[str, set[str]] = {}
 
     def _new_client(self, transport_args: dict[str, Any]) -> httpx.AsyncClient:
         if self._ssl is None:
@@ -111,9 +113,9 @@ class RuntimeProxy:
         known = self._uds.pop(sandbox_id, None)
         if known is not None:
             await known[1].aclose()
-        address = self._addresses.pop(sandbox_id, None)
-        for _reader, writer in self._idle.pop(address, []) if address is not None else []:
-            writer.close()
+        for address in self._addresses.pop(sandbox_id, set()):
+            for _reader, writer in self._idle.pop(address, []):
+                writer.close()
 
     async def aclose(self) -> None:
         """Close every connection."""
@@ -133,13 +135,16 @@ class RuntimeProxy:
         """Send ``request`` to ``path`` on the target's runtime server and stream the answer back.
 
         ``on_done`` is called once the answer has been sent (or failed), exactly once, if this returns."""
+        if target.direct_ports and path.startswith("ports/"):
+            return await self._forward_direct(request, target, path, on_done)
         client = self._client(target)
         url = target.endpoint.url.rstrip("/") + "/" + path.lstrip("/")
         query = request.url.query
         if query:
             url += "?" + query
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _DROP_REQUEST]
-        headers.append((API_KEY_HEADER.encode(), target.key.encode()))
+        if target.key:
+            headers.append((API_KEY_HEADER.encode(), target.key.encode()))
         length = request.headers.get("content-length")
         content: Any
         if "transfer-encoding" in request.headers or (length is not None and not length.isdigit()):
@@ -200,6 +205,23 @@ class RuntimeProxy:
         return StreamingResponse(relay(), status_code=upstream.status_code, headers=out_headers,
                                  background=BackgroundTask(finish))
 
+    async def _forward_direct(
+        self, request: Request, target: Target, path: str, on_done: Callable[[], None]
+    ) -> Response:
+        """``ports/{port}/{rest}`` of a sandbox without agentbox's port forward: straight to its network
+        address on that port, without the session key (the application is the agent's, not the server)."""
+        _, raw, *rest = path.split("/", 2)
+        port = parse_port(raw)
+        direct = Target(target.sandbox_id, _port_endpoint(target, port), key="")
+        try:
+            return await self.forward(request, direct, rest[0] if rest else "", on_done)
+        except ApiError as exc:
+            if exc.code != "sandbox_unreachable":
+                raise
+        on_done()
+        body = json.dumps({"message": f"port {port}: nothing accepts connections on it in the sandbox"}).encode()
+        return _port_error(502, "port_closed", body)
+
     async def _forward_small(
         self, method: str, target: Target, path: str, headers: list[tuple[bytes, bytes]], body: bytes,
         on_done: Callable[[], None],
@@ -209,7 +231,7 @@ class RuntimeProxy:
         whole runtime server takes to answer ``echo``. The answer streams back like httpx's would."""
         ep = target.endpoint
         address = ep.uds or ep.url
-        self._addresses[target.sandbox_id] = address
+        self._addresses.setdefault(target.sandbox_id, set()).add(address)
         head = [*headers, (b"host", b"sandbox")]
         for attempt in (0, 1):
             idle = self._idle.get(address)
@@ -358,6 +380,9 @@ class RuntimeProxy:
         from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+        if target.direct_ports:
+            await self._direct_websocket(websocket, target, port, path)
+            return
         try:
             tunnel = await _Tunnel.open(target, port)
         except _PortRefused as exc:
@@ -396,6 +421,40 @@ class RuntimeProxy:
             ours.close()
             theirs.close()
             await tunnel.close()
+
+
+    async def _direct_websocket(self, websocket: WebSocket, target: Target, port: int, path: str) -> None:
+        """A WebSocket to a port of a sandbox without agentbox's port forward (see :meth:`_forward_direct`)."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+        base = _port_endpoint(target, port).url.replace("http://", "ws://", 1)
+        url = f"{base}/{path.lstrip('/')}" + (f"?{websocket.url.query}" if websocket.url.query else "")
+        headers = [(k, v) for k, v in websocket.headers.items() if k.lower() not in _DROP_WEBSOCKET]
+        try:
+            upstream = await connect(url, additional_headers=headers, max_size=None, open_timeout=10,
+                                     subprotocols=websocket.scope.get("subprotocols") or None)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            await _deny(websocket, 502, "port_bad_response",
+                        f"port {port}: the application refused the WebSocket upgrade (HTTP {status})")
+            return
+        except OSError as exc:
+            await _deny(websocket, 502, "port_closed",
+                        f"port {port}: nothing accepts connections on it in the sandbox ({exc.strerror or exc})")
+            return
+        except (InvalidHandshake, asyncio.TimeoutError) as exc:
+            await _deny(websocket, 502, "port_bad_response",
+                        f"port {port}: no WebSocket handshake ({type(exc).__name__}: {exc})")
+            return
+        await _relay_websocket(websocket, upstream)
+
+
+def _port_endpoint(target: Target, port: int) -> Endpoint:
+    """``port`` at the address the target's own server is reached on (a network address: see
+    ``Target.direct_ports``)."""
+    host = urlsplit(target.endpoint.url).hostname or ""
+    return Endpoint(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}", "network")
 
 
 # The client's handshake headers are the service's business; the rest (cookies, origin...) go on.

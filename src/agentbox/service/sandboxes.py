@@ -89,6 +89,9 @@ class Target:
     sandbox_id: str
     endpoint: Endpoint
     key: str
+    direct_ports: bool = False
+    """Its server is its image's own (an OpenHands runtime), not agentbox's: there is no port forward in
+    it, and its app ports are reached on its network address instead (never on a host address)."""
 
 
 def config_json(config: SandboxConfig) -> dict[str, Any]:
@@ -605,7 +608,10 @@ class SandboxManager:
                 raise ApiError("sandbox_unreachable", f"sandbox {row.id}: {exc}") from None
             self._endpoints[row.id] = endpoint
         self.touch(row.id)
-        target = Target(row.id, endpoint, row.session_key)
+        # OpenHands runtimes (service/openhands) carry this label. A client that sets it on a sandbox of its
+        # own reaches that sandbox's own address only: never the host's.
+        direct = endpoint.via == "network" and "openhands.kind" in row.labels
+        target = Target(row.id, endpoint, row.session_key, direct_ports=direct)
         if not self._lock(row.id).locked():  # a transition in flight may be about to change the state
             self._targets[row.id] = (row.owner, target)
         return target

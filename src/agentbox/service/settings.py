@@ -22,6 +22,14 @@
     labels = {team = "a"}     # container labels; a create is served from the pool when its
                               # effective config and its labels are exactly the profile's
 
+    [[pool]]                  # a pool of OpenHands runtimes: OpenHands' /start is served from it when
+    name = "openhands"        # it posts exactly this image, command, working_dir and environment
+    size = 2                  # (and its scaled limits equal the profile's)
+    [pool.openhands]
+    image = "docker.openhands.dev/openhands/runtime:0.62-nikolaik"
+    command = ["/openhands/micromamba/bin/micromamba", "run", "-n", "openhands", "..."]
+    working_dir = "/openhands/code/"
+
 Defaults: listen on ``127.0.0.1:8473``; data in ``$XDG_STATE_HOME/agentbox/service`` (``~/.local/state/...``),
 or ``/var/lib/agentbox/service`` when run as root.
 """
@@ -33,7 +41,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -41,6 +49,9 @@ from agentbox.config import FIELDS, SandboxConfig, resolve_config
 from agentbox.errors import AgentboxError, ConfigError
 from agentbox.netpolicy.rules import normalize_host_ports
 from agentbox.service.policy import Policy
+
+if TYPE_CHECKING:
+    from agentbox.service.openhands.models import Launch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -79,6 +90,9 @@ class PoolSpec:
     """The profile's own SandboxConfig keys (laid over ``[sandbox]``)."""
     labels: dict[str, str] = field(default_factory=dict)
     """Container labels of its sandboxes (fixed when they are made)."""
+    openhands: Launch | None = None
+    """An OpenHands pool (``[pool.openhands]``): its sandboxes run this image's own server, and only
+    OpenHands' ``/start`` takes them (:mod:`agentbox.service.openhands`)."""
 
 
 @dataclass(frozen=True)
@@ -130,18 +144,24 @@ def _pools(value: Any, defaults: dict[str, Any], where: str) -> tuple[PoolSpec, 
         labels = entry.get("labels", {})
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
             raise ConfigError(f"{at}: labels must be a table of strings")
-        profile = {k: v for k, v in entry.items() if k not in ("name", "size", "labels")}
+        profile = {k: v for k, v in entry.items() if k not in ("name", "size", "labels", "openhands")}
         unknown = sorted(set(profile) - set(FIELDS))
         if unknown:
-            valid = ", ".join(("name", "size", "labels", *FIELDS))
+            valid = ", ".join(("name", "size", "labels", "openhands", *FIELDS))
             raise ConfigError(f"{at}: unknown key(s) {', '.join(unknown)}; valid: {valid}")
+        launch = None
+        if "openhands" in entry:
+            from agentbox.service.openhands.pooling import pool_launch
+
+            launch = pool_launch(entry["openhands"], {**defaults, **profile}, labels, at)
+            profile["runtime_container_image"] = launch.image
         try:
             config = SandboxConfig.model_validate({**defaults, **profile})
         except (ValidationError, AgentboxError) as exc:
             raise ConfigError(f"{at}: {exc}") from None
         if config.volumes:
             raise ConfigError(f"{at}: a pool profile has no volumes (made before its owner is known)")
-        out.append(PoolSpec(name, size, profile, dict(labels)))
+        out.append(PoolSpec(name, size, profile, dict(labels), launch))
     return tuple(out)
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "BuildStatus",
     "ImageExists",
     "ImageQuery",
+    "Launch",
     "RegistryPrefix",
     "RuntimeAction",
     "RuntimeList",
@@ -63,10 +64,49 @@ class StartRequest(BaseModel):
     @field_validator("environment", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
-        # OpenHands puts whatever runtime_startup_env_vars holds: numbers and booleans too.
-        if isinstance(value, dict):
-            return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items() if v is not None}
-        return value
+        return _env_strings(value)
+
+    def launch(self) -> Launch:
+        """The container part of this start (what a warm pool's sandbox must equal)."""
+        return Launch(image=self.image, command=tuple(self.command), working_dir=self.working_dir,
+                      environment=self.environment)
+
+
+class Launch(BaseModel):
+    """What an OpenHands runtime's container runs, and all of it that a warm pool can make in advance:
+    the ``[pool.openhands]`` table of a ``[[pool]]``, and the part of a ``/start`` a pool must match.
+
+    Everything else in a ``/start`` is either the session's (``session_id``, held by the service's record
+    only: OpenHands' servers never read it) or the operator's configuration (``resource_factor`` scales
+    its limits, so a pool matches only starts whose scaled limits equal the profile's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str = Field(min_length=1, max_length=512)
+    """The image OpenHands names (``SANDBOX_RUNTIME_CONTAINER_IMAGE``, or the agent-server image)."""
+    command: tuple[str, ...] = Field(min_length=1)
+    """The server's argv exactly as OpenHands posts it (a string is split as a shell would)."""
+    working_dir: str | None = None
+    """``working_dir`` as posted (V0: ``/openhands/code/``)."""
+    environment: dict[str, str] = Field(default_factory=dict)
+    """``environment`` as posted: fixed when the container is made, so it must not vary per session."""
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return _env_strings(value)
+
+
+def _env_strings(value: Any) -> Any:
+    # OpenHands puts whatever runtime_startup_env_vars holds: numbers and booleans too.
+    if isinstance(value, dict):
+        return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items() if v is not None}
+    return value
 
 
 class RuntimeAction(BaseModel):

@@ -11,6 +11,12 @@ OpenHands is configured with ``SANDBOX_REMOTE_RUNTIME_API_URL=<service>/openhand
   reachable (runtime ids are 12 hex digits, never one of this router's own words). It is authenticated by
   the runtime's session key (``X-Session-API-Key``), which OpenHands holds, not by the token: V1 polls
   ``/health`` with no header at all. The token OpenHands also sends there is removed before forwarding.
+
+A record's ``work_hosts`` (where OpenHands tells its agent to serve web apps) are paths of the control
+plane's own port proxy, ``/v1/sandboxes/{id}/ports/{port}/`` (a token, or the console's cookie). VSCode is
+not served: OpenHands 0.62 derives its URL itself, as a ``vscode-<host>`` subdomain for a sandbox URL whose
+path does not start with the runtime id (V0) or always (V1), and the images built here have no
+openvscode-server.
 """
 
 from __future__ import annotations
@@ -98,8 +104,15 @@ def _api(request: Request) -> tuple[Principal, Runtimes]:
     return principal, _runtimes(_service(request))
 
 
+def _service_url(request: Request) -> str:
+    """The service's root URL as the client reached it (without this router's mount point)."""
+    base = str(request.base_url).rstrip("/")
+    root = str(request.scope.get("root_path") or "").rstrip("/")
+    return base[: -len(root)] if root and base.endswith(root) else base
+
+
 async def _record(runtimes: Runtimes, row: SandboxRow, request: Request) -> RuntimeRecord:
-    return RuntimeRecord.model_validate(await runtimes.record(row, _base_url(request)))
+    return RuntimeRecord.model_validate(await runtimes.record(row, _base_url(request), _service_url(request)))
 
 
 def _typed_routes() -> list[BaseRoute]:
@@ -110,10 +123,7 @@ def _typed_routes() -> list[BaseRoute]:
     async def start(request: Request, body: StartRequest) -> RuntimeRecord:
         """Start a runtime for ``session_id`` (or answer the live one: idempotent per session)."""
         who, runtimes = _api(request)
-        row = await runtimes.start(
-            who, session_id=body.session_id, image=body.image, command=body.command,
-            working_dir=body.working_dir, environment=body.environment, resource_factor=body.resource_factor,
-        )
+        row = await runtimes.start(who, body)
         return await _record(runtimes, row, request)
 
     @route("GET", "/sessions/batch", response=list[RuntimeRecord])

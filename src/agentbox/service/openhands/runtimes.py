@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -30,14 +30,19 @@ from agentbox.errors import AgentboxError, ImageNotFoundError
 from agentbox.service.auth import Principal
 from agentbox.service.errors import ApiError, from_agentbox_error
 from agentbox.service.models import SandboxCreate, SandboxEvent
+from agentbox.service.openhands.models import Launch, StartRequest
 from agentbox.service.policy import check_lifecycle, check_quota
 from agentbox.service.sandboxes import config_json
 from agentbox.service.store import SandboxRow, Usage, utcnow
 
 if TYPE_CHECKING:
     from agentbox.service.app import Service
+    from agentbox.service.sandboxes import SandboxManager
 
-__all__ = ["LABEL_KIND", "LABEL_SESSION", "LAUNCHER", "OPENHANDS_PORT", "Runtimes"]
+__all__ = [
+    "LABEL_KIND", "LABEL_SESSION", "LAUNCHER", "OPENHANDS_PORT", "Runtimes", "discard", "launch_container", "probe",
+    "work_hosts",
+]
 
 T = TypeVar("T")
 
@@ -55,6 +60,9 @@ LAUNCHER: tuple[str, ...] = (
     'SESSION_API_KEY=$(cat "$k"); export SESSION_API_KEY; rm -f "$k"; exec "$@"',
     "agentbox-launch",
 )
+#: The ports OpenHands' agent is told to run web applications on (``work_hosts``; OpenHands' own remote
+#: runtimes use these two).
+WORK_PORTS = (12000, 12001)
 #: Seconds a start may take until the container runs (readiness is polled by OpenHands afterwards).
 START_TIMEOUT = 60.0
 #: Seconds one readiness probe of the server inside may take.
@@ -132,27 +140,22 @@ class Runtimes:
             self._probes.pop(row.id, None)
             return False
         endpoint = await self.endpoint(row)
-        probe = self._probes[row.id]
-        if probe.ready:
+        known = self._probes[row.id]
+        if known.ready:
             return True
-        path = "/health" if row.labels.get(LABEL_KIND) == "v1" else "/alive"
-        try:
-            # Probed until the first answer only; verify=False: plain HTTP, and no CA bundle to load.
-            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, verify=False) as client:
-                answer = await client.get(endpoint.url.rstrip("/") + path)
-            ready = answer.is_success
-        except httpx.HTTPError:
-            ready = False
+        # Probed until the first answer only.
+        ready = await probe(endpoint, row.labels.get(LABEL_KIND, "v0"))
         if ready:
-            self._probes[row.id] = Probe(probe.container_id, endpoint, True)
+            self._probes[row.id] = Probe(known.container_id, endpoint, True)
         return ready
 
     def forget(self, runtime_id: str) -> None:
         """Drop what is known of a runtime that changed state."""
         self._probes.pop(runtime_id, None)
 
-    async def record(self, row: SandboxRow, base_url: str) -> dict[str, Any]:
-        """The fields of the runtime record of ``row`` (``base_url``: this API's URL as the client sees it)."""
+    async def record(self, row: SandboxRow, base_url: str, service_url: str) -> dict[str, Any]:
+        """The fields of the runtime record of ``row`` (``base_url``: this API's URL as the client sees it,
+        ``service_url``: the service's)."""
         ready = await self.ready(row)
         status = _STATUS.get(row.state, "error")
         if row.state == "dead":
@@ -168,7 +171,7 @@ class Runtimes:
             "session_api_key": row.session_key,
             "status": status,
             "pod_status": pod_status,
-            "work_hosts": {},
+            "work_hosts": work_hosts(service_url, row.id),
             "restart_count": 0,
             "restart_reasons": [row.reason] if row.reason else [],
             "image": row.config.get("runtime_container_image") or "",
@@ -176,24 +179,34 @@ class Runtimes:
 
     # -- start ---------------------------------------------------------------------------------------------
 
-    async def start(
-        self,
-        who: Principal,
-        *,
-        session_id: str,
-        image: str,
-        command: list[str],
-        working_dir: str | None,
-        environment: dict[str, str],
-        resource_factor: int,
-    ) -> SandboxRow:
-        """The live runtime of ``session_id`` (idempotent), or a new one running ``image`` with ``command``."""
-        lock = self._starts.setdefault((who.name, session_id), asyncio.Lock())
+    async def start(self, who: Principal, body: StartRequest) -> SandboxRow:
+        """The live runtime of the session (idempotent), else one from a matching OpenHands pool, else a
+        new one running the posted image and command."""
+        lock = self._starts.setdefault((who.name, body.session_id), asyncio.Lock())
         async with lock:
-            existing = await self.of_session(who, session_id)
+            existing = await self.of_session(who, body.session_id)
             if existing is not None and existing.state in ("running", "paused", "creating"):
                 return existing
-            return await self._create(who, session_id, image, command, working_dir, environment, resource_factor)
+            config = self._config(body.image, body.resource_factor)
+            launch = body.launch()
+            labels = {LABEL_SESSION: body.session_id, LABEL_KIND: kind_of(body.command)}
+            lifecycle = check_lifecycle(None, None, False, self.svc.settings.policy)
+
+            def check(usage: Usage) -> None:
+                check_quota(config, who.quota, usage, who.name)
+
+            started = time.monotonic()
+            pools = self.svc.manager.pools
+            pool = pools.match_launch(config, launch)
+            if pool is not None:
+                store = self.svc.store
+                taken = await store.run(store.acquire_pooled, pool, who.name, labels, check, lifecycle)
+                pools.wake(pool)
+                if taken is not None:
+                    note = f"openhands session {body.session_id} from pool {pool}"
+                    await self._adopted(who, taken, started, "pooled", note)
+                    return taken
+            return await self._create(who, config, launch, labels, lifecycle, check, started)
 
     def _config(self, image: str, resource_factor: int) -> SandboxConfig:
         """The operator's seed configuration (``[sandbox]``), scaled by ``resource_factor``."""
@@ -210,74 +223,45 @@ class Runtimes:
     async def _create(
         self,
         who: Principal,
-        session_id: str,
-        image: str,
-        command: list[str],
-        working_dir: str | None,
-        environment: dict[str, str],
-        resource_factor: int,
+        config: SandboxConfig,
+        launch: Launch,
+        labels: dict[str, str],
+        lifecycle: tuple[float | None, float | None, bool],
+        check: Callable[[Usage], None],
+        started: float,
     ) -> SandboxRow:
-        svc, store, backend = self.svc, self.svc.store, self.svc.backend
-        config = self._config(image, resource_factor)
-        idle, lifetime, keep = check_lifecycle(None, None, False, svc.settings.policy)
+        svc, store = self.svc, self.svc.store
         now = utcnow()
-        user_labels = {LABEL_SESSION: session_id, LABEL_KIND: kind_of(command)}
+        idle, lifetime, keep = lifecycle
         row = SandboxRow(
             id=secrets.token_hex(6), owner=who.name, container_id=None, state="creating", reason=None,
-            config=config_json(config), labels=user_labels, session_key=secrets.token_urlsafe(32),
+            config=config_json(config), labels=labels, session_key=secrets.token_urlsafe(32),
             cpus=config.cpus, memory=config.memory, created=now, last_activity=now,
             idle_timeout=idle, max_lifetime=lifetime, keep_alive=keep,
         )
-
-        def check(usage: Usage) -> None:
-            check_quota(config, who.quota, usage, who.name)
-
         await store.run(store.reserve_sandbox, row, check)
-        started = time.monotonic()
         try:
-            # The manager's identity labels (service id, keep-alive...): reconcile treats it like any sandbox.
-            labels = svc.manager._labels(row.id, user_labels)
-            spec = foreign_server_spec(
-                spec_from_config(config, image=image, sandbox_id=row.id, labels=labels),
-                image=image, command=tuple(command), entrypoint=LAUNCHER, port=OPENHANDS_PORT,
-                environment=environment, working_dir=working_dir,
-            )
-            try:
-                cid = await self._call(backend.create, spec)
-            except ImageNotFoundError as exc:
-                raise ImageNotFoundError(
-                    f"{exc}; for OpenHands' images run `agentbox build --openhands` on the service's host"
-                ) from None
-            row.container_id = cid
-            await store.run(store.update_sandbox, row.id, container_id=cid)
-            files = {"session-key": (row.session_key.encode(), 0o600)}
-            await self._call(backend.start, cid, files, timeout=START_TIMEOUT)
+            await launch_container(svc.manager, row, config, launch, labels)
             row.state = "running"
             await store.run(store.update_sandbox, row.id, state="running")
         except BaseException as exc:
             svc.metrics.creates.labels(outcome="failed").inc()
-            await self._discard(row)
+            await discard(svc.manager, row)
+            self.forget(row.id)
             if isinstance(exc, AgentboxError):
                 raise from_agentbox_error(exc).with_sandbox(row.id) from None
             raise
-        svc.metrics.creates.labels(outcome="ok").inc()
-        svc.metrics.create_seconds.observe(time.monotonic() - started)
-        await store.run(store.audit, who.name, "create", row.id, f"openhands session {session_id}")
-        svc.manager.lifecycle.track(row)
-        svc.manager.events.publish(SandboxEvent(id=row.id, owner=row.owner, state="running", at=utcnow()))
+        await self._adopted(who, row, started, "ok", f"openhands session {labels[LABEL_SESSION]}")
         return row
 
-    async def _discard(self, row: SandboxRow) -> None:
-        backend, store = self.svc.backend, self.svc.store
-        try:
-            ids = {row.container_id} if row.container_id else set()
-            infos = await self._call(backend.list, labels={"agentbox.sandbox": row.id})
-            ids |= {i.container_id for i in infos}
-            for cid in ids:
-                await self._call(backend.remove, cid, purge_volumes=True)
-        finally:
-            await store.run(store.delete_sandbox, row.id)
-            self.forget(row.id)
+    async def _adopted(self, who: Principal, row: SandboxRow, started: float, outcome: str, note: str) -> None:
+        """Count, audit and announce a runtime that is ``who``'s from now on."""
+        svc = self.svc
+        svc.metrics.creates.labels(outcome=outcome).inc()
+        svc.metrics.create_seconds.observe(time.monotonic() - started)
+        await svc.store.run(svc.store.audit, who.name, "create", row.id, note)
+        svc.manager.lifecycle.track(row)
+        svc.manager.events.publish(SandboxEvent(id=row.id, owner=row.owner, state="running", at=utcnow()))
 
     # -- transitions ---------------------------------------------------------------------------------------
 
@@ -298,3 +282,73 @@ class Runtimes:
         row = await self.get(who, runtime_id)
         self.forget(row.id)
         return await self.svc.manager.remove(who, row.id)
+
+
+def work_hosts(service_url: str, runtime_id: str) -> dict[str, int]:
+    """``work_hosts`` of a runtime: URL -> port, each a path of the control plane's port proxy
+    (``/v1/sandboxes/{id}/ports/{port}/``, authenticated like all of ``/v1``), so nothing is published on
+    the host. An application answers there when it listens on the port on all addresses (0.0.0.0), as
+    OpenHands tells its agent to: the service reaches it on the sandbox's network address."""
+    base = service_url.rstrip("/")
+    return {f"{base}/v1/sandboxes/{runtime_id}/ports/{port}/": port for port in WORK_PORTS}
+
+
+async def launch_container(
+    manager: SandboxManager,
+    row: SandboxRow,
+    config: SandboxConfig,
+    launch: Launch,
+    labels: Mapping[str, str],
+    extra_labels: Mapping[str, str] | None = None,
+) -> Endpoint:
+    """Create and start ``row``'s container: ``launch`` (OpenHands' image, argv, environment) with the seed
+    knobs of ``config`` and the session key handed over as a file (read by :data:`LAUNCHER`). The
+    container id is recorded as soon as it exists, so a failure can be cleaned up by :func:`discard`."""
+    store, backend = manager.store, manager.backend
+    # The manager's identity labels (service id, keep-alive...): reconcile treats it like any sandbox.
+    container_labels = {**manager._labels(row.id, labels), **(extra_labels or {})}
+    spec = foreign_server_spec(
+        spec_from_config(config, image=launch.image, sandbox_id=row.id, labels=container_labels),
+        image=launch.image, command=launch.command, entrypoint=LAUNCHER, port=OPENHANDS_PORT,
+        environment=launch.environment, working_dir=launch.working_dir,
+    )
+    try:
+        cid = await _call(backend.create, spec)
+    except ImageNotFoundError as exc:
+        raise ImageNotFoundError(
+            f"{exc}; for OpenHands' images run `agentbox build --openhands` on the service's host"
+        ) from None
+    row.container_id = cid
+    await store.run(store.update_sandbox, row.id, container_id=cid)
+    files = {"session-key": (row.session_key.encode(), 0o600)}
+    endpoint: Endpoint = await _call(backend.start, cid, files, timeout=START_TIMEOUT)
+    return endpoint
+
+
+async def discard(manager: SandboxManager, row: SandboxRow) -> None:
+    """Remove whatever a failed start made (found by label too: the container id may not be known)."""
+    backend, store = manager.backend, manager.store
+    try:
+        ids = {row.container_id} if row.container_id else set()
+        infos = await _call(backend.list, labels={"agentbox.sandbox": row.id})
+        ids |= {i.container_id for i in infos}
+        for cid in ids:
+            await _call(backend.remove, cid, purge_volumes=True)
+    finally:
+        await store.run(store.delete_sandbox, row.id)
+
+
+async def probe(endpoint: Endpoint, kind: str) -> bool:
+    """Whether the server inside answers its liveness path (V0 ``/alive``, V1 ``/health``)."""
+    path = "/health" if kind == "v1" else "/alive"
+    try:
+        # verify=False: plain HTTP, and no CA bundle to load.
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, verify=False) as client:
+            answer = await client.get(endpoint.url.rstrip("/") + path)
+    except httpx.HTTPError:
+        return False
+    return answer.is_success
+
+
+async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
