@@ -392,6 +392,43 @@ def build_rows(results: Mapping[str, ComponentResult], floors: Mapping[str, Any]
     rows.append(make_row("swarm: plain docker run on a node → answering", "s",
                          across(swarm, "docker_run_to_answering_s"), missing=why_swarm))
 
+    def _median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    gvisor = results["gvisor"].runs if "gvisor" in results else []
+    why_gvisor = why.get("gvisor", "gvisor bench missing")
+    if gvisor and all(isinstance(dig(r, "runsc"), str) for r in gvisor):
+        why_gvisor = f"runsc {dig(gvisor[0], 'runsc')}"
+    rows.append(make_row("gVisor: create → first output, p50", "s",
+                         across(gvisor, "runsc.create_to_first_output_s.p50"),
+                         floor=_median(across(gvisor, "runc.create_to_first_output_s.p50")),
+                         floor_note="runc, same run", missing=why_gvisor))
+    rows.append(make_row("gVisor: echo hi round trip, p50", "ms", across(gvisor, "runsc.echo_s.p50", scale=1000),
+                         floor=_median(across(gvisor, "runc.echo_s.p50", scale=1000)), floor_note="runc, same run",
+                         missing=why_gvisor))
+    rows.append(make_row("gVisor: sudo true (default mode), p50", "s", across(gvisor, "runsc.sudo_s.p50"),
+                         floor=_median(across(gvisor, "runc.sudo_s.p50")), floor_note="runc's setuid sudo",
+                         missing=why_gvisor))
+
+    console = results["console"].runs if "console" in results else []
+    rows.append(make_row("console: page open → terminal prompt, p50", "ms", across(console, "page_to_prompt_ms.p50"),
+                         missing=why.get("console", "console bench missing")))
+
+    openhands = results["openhands"].runs if "openhands" in results else []
+    why_oh = why.get("openhands", "openhands bench missing")
+    oh_docker = _median(across(openhands, "openhands_docker.connect_to_first_echo_s"))
+    oh_note = "OpenHands' own DockerRuntime"
+    if oh_docker is None and openhands and dig(openhands[0], "openhands_docker.error"):
+        oh_note = f"DockerRuntime: {str(dig(openhands[0], 'openhands_docker.error'))[:60]}"
+    rows.append(make_row("OpenHands: connect() → first echo, cold", "s", across(openhands, "connect_to_first_echo_s"),
+                         floor=oh_docker, floor_note=oh_note, missing=why_oh))
+    rows.append(make_row("OpenHands: connect() → first echo, from a pool", "s",
+                         across(openhands, "pooled.connect_to_first_echo_s"), floor=oh_docker, floor_note=oh_note,
+                         missing=why_oh))
+    rows.append(make_row("OpenHands: echo through its client, p50", "ms", across(openhands, "echo_round_trip.p50_ms"),
+                         floor=_median(across(openhands, "openhands_docker.echo_round_trip.p50_ms")),
+                         floor_note="OpenHands' own DockerRuntime", missing=why_oh))
+
     service = results["service"].runs if "service" in results else []
     why_service = why.get("service", "service bench missing")
     local_cold = samples(service, "local_cold_create_to_first_output_s")

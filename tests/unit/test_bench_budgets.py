@@ -57,3 +57,23 @@ def test_rows_get_their_floors_from_the_same_run(bench: ModuleType) -> None:
     assert teardown.verdict == "FAIL" and start.verdict == "pass"
     phases = dict((label, value) for label, value, _lo, _hi in bench.phase_rows([sandbox]))
     assert phases == {"engine: start call": 50.0, "server imports": 200.0}
+
+
+def test_gvisor_console_and_openhands_rows_sit_beside_their_floors(bench: ModuleType) -> None:
+    results = {name: bench.ComponentResult(error="not run") for name in ("server", "images", "sandbox")}
+    results["gvisor"] = bench.ComponentResult(runs=[{
+        "runc": {"create_to_first_output_s": {"p50": 0.8}, "echo_s": {"p50": 0.002}, "sudo_s": {"p50": 0.02}},
+        "runsc": {"create_to_first_output_s": {"p50": 1.6}, "echo_s": {"p50": 0.004}, "sudo_s": {"p50": 0.3}},
+    }])
+    results["console"] = bench.ComponentResult(runs=[{"page_to_prompt_ms": {"p50": 250.0}}])
+    results["openhands"] = bench.ComponentResult(runs=[{
+        "connect_to_first_echo_s": 12.0, "echo_round_trip": {"p50_ms": 600.0},
+        "pooled": {"connect_to_first_echo_s": 1.0},
+        "openhands_docker": {"error": "no socket"},
+    }])
+    rows = {r.figure: r for r in bench.build_rows(results, {})}
+    echo = rows["gVisor: echo hi round trip, p50"]
+    assert (echo.value, echo.floor, round(echo.ratio, 1)) == (4.0, 2.0, 2.0)
+    assert rows["console: page open → terminal prompt, p50"].value == 250.0
+    pooled = rows["OpenHands: connect() → first echo, from a pool"]
+    assert pooled.value == 1.0 and pooled.floor is None and "no socket" in pooled.floor_note
