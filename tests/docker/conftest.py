@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from agentbox.backends.docker.lifecycle import close_stream
 from agentbox.config import SandboxConfig
 from agentbox.engine import engine_available
 
@@ -157,9 +158,13 @@ def sidecar(docker_client: Any, runtime_image: str) -> Iterator[Callable[..., An
         )
         made.append(container.id)
         # Ready when it listens: follow its log until the http.server banner (no sleeping).
-        for line in container.logs(stream=True, follow=True):
-            if b"Serving HTTP" in line:
-                break
+        log = container.logs(stream=True, follow=True)
+        try:
+            for line in log:
+                if b"Serving HTTP" in line:
+                    break
+        finally:
+            close_stream(log)  # else its docker.sock connection stays open until collected
         container.reload()
         return container
 

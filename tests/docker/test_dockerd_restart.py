@@ -1,16 +1,24 @@
 """An engine restart (issue 11): dockerd stopped and started again exactly as it was, under a sandbox.
 
 The machine's own dockerd is shared with other processes and is never touched: the test starts a private
-dockerd of its own (own data root, exec root, pidfile, socket, cgroup parent and address pool; no default
-bridge of its own, no iptables rules, so nothing of the default engine's networking changes), loads the runtime image
-into it, runs a sandbox on it, then stops that dockerd (SIGTERM, as ``systemctl restart docker`` does) and
-starts it again with the same arguments. Everything of the private engine (its containers, its containerd,
-its files, its cgroups) is removed in a ``finally``.
+dockerd of its own (own data root, exec root, pidfile, socket, cgroup parent and address pool) in a
+network namespace of its own (tests/support/netns.py: one veth pair to the host; there the engine's
+bridges and firewall rules are its own, and the host's ``docker0`` is out of its reach). It loads the
+runtime image into that engine, runs a sandbox on it, then stops that dockerd (SIGTERM, as
+``systemctl restart docker`` does) and starts it again with the same arguments in the same namespace.
+
+The sandbox publishes its server port on the namespace's end of the veth pair
+(``runtime_binding_address``), so the URL the backend reads back is ``http://<that address>:<port>``,
+which the host reaches over the veth route, as it would reach an engine on another machine.
+
+Everything of the private engine (its containers, its containerd, its files, its cgroups, the namespace
+and the veth pair) is removed in a ``finally``, and the test checks the host is as it found it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -28,29 +36,24 @@ import pytest
 from agentbox.backends.base import SandboxState
 from agentbox.errors import AgentboxError
 from agentbox.sandbox import Sandbox
+from support.netns import CGROUP_ROOT, Netns, host_networks
 
 pytestmark = pytest.mark.docker
 
-# A pool apart from the default engine's (172.17-31/16, 192.168/16), so no subnet can be handed out twice.
-_POOL = "base=10.214.0.0/16,size=24"
-# The private engine's default bridge: its own. Even so, dockerd 20.10 deletes the host's `docker0` (the
-# default engine's bridge) at some point of a second engine's life in the same network namespace: with
-# `--bridge none` at once (moby's removeDefaultBridgeInterface), with a bridge of its own when it restarts.
-# So the test is opt-in (AGENTBOX_TEST_DOCKERD_RESTART=1, on a machine where that is acceptable) and puts
-# `docker0` back, address included, as it found it. Running the private engine in a network namespace of
-# its own (as tests/swarm does) would remove the hazard; the sandbox's published port then needs a route.
-_BRIDGE_ADDR = "10.215.0.1/24"
-_OPT_IN = "AGENTBOX_TEST_DOCKERD_RESTART"
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Inside the namespace nothing else lives, so any private range does; one apart from the veth range
+# keeps the two easy to tell apart (and lets the test check none of it shows on the host).
+_BIP = "10.216.255.1/24"
+_POOL = "base=10.216.0.0/17,size=24"
+_PRIVATE = ipaddress.ip_network("10.216.0.0/16")
 
 
 class PrivateEngine:
-    """A dockerd of this test's own; ``start`` and ``stop`` may be repeated (same arguments each time)."""
+    """A dockerd of this test's own in ``netns``; ``start`` and ``stop`` may repeat (same arguments)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, netns: Netns) -> None:
         self.root = root
+        self.netns = netns
         self.cgroup_parent = f"abxt-dd-{uuid.uuid4().hex[:8]}"
-        self.bridge = f"abxtbr{uuid.uuid4().hex[:6]}"  # at most 15 characters: an interface name
         self.url = f"unix://{root}/d.sock"
         self.argv = [
             "dockerd",
@@ -59,26 +62,17 @@ class PrivateEngine:
             "--pidfile", str(root / "d.pid"),
             "--config-file", str(root / "daemon.json"),  # never /etc/docker/daemon.json
             "-H", self.url,
-            "--bridge", self.bridge,
-            "--iptables=false",
-            "--ip-masq=false",
+            "--bip", _BIP,
             "--default-address-pool", _POOL,
             "--cgroup-parent", f"/{self.cgroup_parent}",
             "--storage-driver", "overlay2",
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def make_bridge(self) -> None:
-        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True, capture_output=True)
-        subprocess.run(["ip", "addr", "add", _BRIDGE_ADDR, "dev", self.bridge], check=True, capture_output=True)
-        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True, capture_output=True)
-
     def start(self) -> None:
         (self.root / "daemon.json").write_text("{}")
         with open(self.root / "dockerd.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+            self.proc = self.netns.popen(self.argv, log=log)
         deadline = time.monotonic() + 90
         while self.cli("version", check=False, timeout=10).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -102,30 +96,50 @@ class PrivateEngine:
             ["docker", "--host", self.url, *args], capture_output=True, text=True, check=check, timeout=timeout
         )
 
+    def load(self, image: str) -> None:
+        """The image from the machine's engine, piped (no copy on disk)."""
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        assert save.stdout is not None
+        try:
+            loaded = subprocess.run(
+                ["docker", "--host", self.url, "load"], stdin=save.stdout, capture_output=True, timeout=600
+            )
+        finally:
+            save.stdout.close()
+            save.wait(timeout=60)
+        if loaded.returncode or save.returncode:
+            raise RuntimeError(f"loading {image} into the private engine failed: {loaded.stderr.decode()}")
+
     def remove(self) -> None:
-        """Remove every container, stop the engine, and delete its files and cgroups."""
+        """Remove every container, stop the engine, kill what is left, delete its files and cgroups."""
         if self.proc is not None and self.proc.poll() is None:
             ids = self.cli("ps", "-aq", check=False, timeout=60).stdout.split()
             if ids:
                 self.cli("rm", "-f", "-v", *ids, check=False, timeout=120)
         self.stop()
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            point = line.split()[1]
-            if point.startswith(str(self.root)):
-                subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+        # After a failed stop: the container processes (their own namespaces, our cgroup parent) and the
+        # shims (our namespace) can only be this engine's.
+        for procs in CGROUP_ROOT.glob(f"*/{self.cgroup_parent}/**/cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+        self.netns.remove()
         shutil.rmtree(self.root, ignore_errors=True)
-        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
-        for top in _CGROUP_ROOT.glob(f"*/{self.cgroup_parent}"):
+        for top in CGROUP_ROOT.glob(f"*/{self.cgroup_parent}"):
             for sub in sorted(top.glob("**/"), key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):
                     sub.rmdir()
 
     def leftovers(self) -> list[str]:
         found = [str(self.root)] if self.root.exists() else []
-        found += [str(c) for c in _CGROUP_ROOT.glob(f"*/{self.cgroup_parent}")]
-        if subprocess.run(["ip", "link", "show", self.bridge], check=False, capture_output=True).returncode == 0:
-            found.append(f"link {self.bridge}")
-        return found
+        # dockerd, its containerd and the shims all name a path under the root on their command lines.
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                if str(self.root).encode() in cmdline.read_bytes():
+                    found.append(f"process {cmdline.parent.name}")
+        found += [str(c) for c in CGROUP_ROOT.glob(f"*/{self.cgroup_parent}")]
+        return found + self.netns.leftovers()
 
 
 def _docker0() -> list[str] | None:
@@ -133,39 +147,29 @@ def _docker0() -> list[str] | None:
     out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "docker0"], capture_output=True, text=True)
     if out.returncode != 0:
         return None
-    return [line.split()[3] for line in out.stdout.splitlines()]
-
-
-def _restore_docker0(addresses: list[str] | None) -> None:
-    if addresses is None or _docker0() is not None:
-        return
-    subprocess.run(["ip", "link", "add", "docker0", "type", "bridge"], check=True, capture_output=True)
-    for address in addresses:
-        subprocess.run(["ip", "addr", "add", address, "dev", "docker0"], check=True, capture_output=True)
-    subprocess.run(["ip", "link", "set", "docker0", "up"], check=True, capture_output=True)
+    return sorted(line.split()[3] for line in out.stdout.splitlines())
 
 
 @pytest.fixture()
 def private_engine(docker_client: Any, runtime_image: str) -> Iterator[PrivateEngine]:
-    if os.environ.get(_OPT_IN) != "1":
-        pytest.skip(f"a second dockerd on this host can delete the default engine's docker0: set {_OPT_IN}=1")
-    if shutil.which("dockerd") is None or shutil.which("ip") is None or os.geteuid() != 0:
-        pytest.skip("needs dockerd, ip and root to run a private engine")
+    if any(shutil.which(tool) is None for tool in ("dockerd", "ip")) or os.geteuid() != 0:
+        pytest.skip("needs dockerd, ip (iproute2) and root to run a private engine in a network namespace")
     docker0 = _docker0()
+    netns = Netns.create()
     # Short: containerd's socket path under the exec root must fit a unix socket address (108 bytes).
-    engine = PrivateEngine(Path(tempfile.mkdtemp(prefix="abxt-dd-")))
+    engine = PrivateEngine(Path(tempfile.mkdtemp(prefix="abxt-dd-")), netns)
     try:
-        engine.make_bridge()
         engine.start()
-        tar = engine.root / "image.tar"
-        subprocess.run(["docker", "save", "-o", str(tar), runtime_image], check=True, capture_output=True, timeout=600)
-        engine.cli("load", "-i", str(tar), timeout=600)
-        tar.unlink()
+        engine.load(runtime_image)
         yield engine
     finally:
         engine.remove()
-        _restore_docker0(docker0)
-        assert engine.leftovers() == []
+    # The host as the test found it: its own namespace, veth pair, processes, files and cgroups gone, the
+    # default engine's bridge untouched, and no address of the private engine's (nor of the veth pair) on
+    # a host link. Only what is this test's is compared: other runs may add links and namespaces meanwhile.
+    assert engine.leftovers() == []
+    assert _docker0() == docker0
+    assert [n for n in host_networks() if n.overlaps(_PRIVATE) or n.overlaps(netns.network)] == []
 
 
 def test_a_dockerd_restart_is_noticed_and_recovered(
@@ -180,10 +184,16 @@ def test_a_dockerd_restart_is_noticed_and_recovered(
     workspace.mkdir()
     workspace.chmod(0o777)  # whatever uid the sandbox runs as
     sb = Sandbox(
-        backend=backend, runtime_container_image=runtime_image, labels=labels, volumes=[f"{workspace}:/workspace"]
+        backend=backend,
+        runtime_container_image=runtime_image,
+        labels=labels,
+        volumes=[f"{workspace}:/workspace"],
+        # Published on the namespace's end of the veth pair: the URL read back is one the host routes to.
+        runtime_binding_address=private_engine.netns.address,
     )
     try:
         sb.start()
+        assert sb.url.startswith(f"http://{private_engine.netns.address}:"), sb.url  # over the veth route
         sb.write_file("/workspace/kept.txt", "kept across the engine restart")
         in_flight: dict[str, BaseException | object] = {}
 

@@ -21,13 +21,14 @@ from agentbox.sandbox import AsyncSandbox, Sandbox, SandboxState
 
 
 @pytest.fixture
-def sandbox(server: ServerProcess) -> Sandbox:
+def sandbox(server: ServerProcess) -> Iterator[Sandbox]:
     sb = Sandbox()
     # As start() leaves a handle: an endpoint, a key, running. No container behind it.
     sb._endpoint = Endpoint(url=server.url, via="published")
     sb._key = API_KEY
     sb._state = SandboxState.RUNNING
-    return sb
+    yield sb
+    sb.detach()  # its HTTP client's connections (idempotent where a test detached already)
 
 
 def test_sync_forwards(sandbox: Sandbox, tmp_path: Path, server: ServerProcess) -> None:

@@ -53,6 +53,9 @@ def test_server_prints_its_phases_before_the_ready_line(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     assert ready.startswith("agentbox-server ready on http://127.0.0.1:")
     assert list(phases) == ["start", "main", "imports", "app", "ready"]
     # The process started after this test began (10 ms tick) and every phase follows the one before.

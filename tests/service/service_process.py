@@ -78,6 +78,7 @@ def start_service(data_dir: Path, *extra: str, ready_timeout: float = 90) -> Ser
             if line.startswith(READY_PREFIX):
                 ready.set()
         ready.set()  # EOF: the process ended
+        stderr.close()  # the pipe is ours to close (unclosed, it warns when collected)
 
     threading.Thread(target=read, daemon=True).start()
     ready.wait(ready_timeout)

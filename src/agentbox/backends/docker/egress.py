@@ -30,6 +30,7 @@ from typing import Any
 from agentbox.backends.base import Endpoint
 from agentbox.backends.docker.endpoints import url
 from agentbox.backends.docker.errors import engine_errors
+from agentbox.backends.docker.lifecycle import close_stream
 from agentbox.backends.labels import IDENTITY_LABELS, LABELS
 from agentbox.backends.spec import SERVER_PORT, ContainerSpec
 from agentbox.errors import SandboxStartError
@@ -138,8 +139,7 @@ def _wait_ready(api: Any, container_id: str, line: str, timeout: float) -> bool:
     except queue.Empty:
         return False
     finally:
-        with contextlib.suppress(Exception):
-            stream.close()
+        close_stream(stream)
 
 
 class Egress:

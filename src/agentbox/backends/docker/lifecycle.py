@@ -23,7 +23,9 @@ from agentbox.backends.spec import ContainerSpec, to_docker_args
 from agentbox.errors import ImageNotFoundError, SandboxStartError
 from agentbox.protocol import READY_LINE_PREFIX
 
-__all__ = ["READY", "ReadyWatcher", "count_ready_lines", "create_container", "secrets_tar", "start_failure"]
+__all__ = [
+    "READY", "ReadyWatcher", "close_stream", "count_ready_lines", "create_container", "secrets_tar", "start_failure",
+]
 
 READY = re.compile(re.escape(READY_LINE_PREFIX.encode()) + rb"(?:http://(\S+):(\d+)|unix:\S+)")
 RUN_DIR = "/run"
@@ -110,8 +112,17 @@ class ReadyWatcher:
 
     def close(self) -> None:
         """Stop following (idempotent)."""
-        with contextlib.suppress(Exception):
-            self._stream.close()
+        close_stream(self._stream)
+
+
+def close_stream(stream: Any) -> None:
+    """Close a followed log stream of docker-py at once, from any thread (idempotent, never raises)."""
+    with contextlib.suppress(Exception):
+        stream.close()
+    # docker-py's close shuts the socket but leaves the response's file open on it: the socket stays
+    # open until collected (a ResourceWarning). Closing the response lets it go now.
+    with contextlib.suppress(Exception):
+        stream._response.close()
 
 
 def start_failure(api: Any, container_id: str, log_tail: str, *, timed_out: bool, timeout: float) -> SandboxStartError:

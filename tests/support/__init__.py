@@ -1,0 +1,1 @@
+"""Test support shared by several suites (importable as ``support``: tests/conftest.py puts tests/ on the path)."""
