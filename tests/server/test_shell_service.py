@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,20 @@ def test_stream_yields_output_before_the_end(aio, make_shells, tmp_path: Path) -
             assert "".join(e.text for e in rest if e.type == "output") == "two\n"
 
     aio(main())
+
+
+def test_commands_are_interruptible_even_when_the_server_ignores_sigint(aio, make_shells, tmp_path: Path) -> None:
+    # A server started as a background job of a non-interactive shell (or under nohup) has SIGINT ignored;
+    # a disposition ignored at exec stays ignored in bash and everything it runs unless the server resets it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        async def main() -> None:
+            async with make_shells(tmp_path) as m:
+                sh = m.get("default")
+                assert (await sh.run(run("grep SigIgn /proc/self/status"))).output.split()[-1] == "0" * 16
+                res = await sh.run(run("echo before; sleep 30; echo after", timeout=0.5))
+                assert res.timed_out and res.exit_code == 130 and "after" not in res.output, res
+
+        aio(main())
+    finally:
+        signal.signal(signal.SIGINT, previous)

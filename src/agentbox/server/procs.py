@@ -77,8 +77,17 @@ def _raise_oom_score() -> None:
         pass
 
 
-def _child_setup_tty() -> None:
+def _child_setup() -> None:
     _raise_oom_score()
+    # Signals ignored at exec stay ignored, and bash cannot trap or reset them: a server started with
+    # SIGINT ignored (a background job of a non-interactive shell, nohup) would hand that on, and no
+    # timeout or Ctrl-C could interrupt a command. The sandbox's processes start with the defaults.
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _child_setup_tty() -> None:
+    _child_setup()
     # start_new_session already called setsid(); make the PTY on stdin this session's controlling
     # terminal so bash gets job control (its own process group per job, Ctrl-C to the foreground job).
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -119,7 +128,7 @@ def spawn(
             stderr=stderr,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_child_setup_tty if controlling_tty else _raise_oom_score,
+            preexec_fn=_child_setup_tty if controlling_tty else _child_setup,
         )
     except BlockingIOError:  # EAGAIN from fork: the pids limit is reached
         raise ConflictError(
