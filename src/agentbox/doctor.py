@@ -105,10 +105,12 @@ def ensure_engine(*, fix: bool, progress: Progress) -> Check:
 
 # What an agent sees differently under gVisor, said before the first sandbox rather than after its first
 # failed command (README, "gVisor"): gVisor up to at least Debian's 0.0~20221219 never elevates setuid
-# binaries and rejects statx(AT_NO_AUTOMOUNT); the runtime image works around both.
+# binaries, rejects statx(AT_NO_AUTOMOUNT) and blocks on an empty write to a terminal; the runtime image
+# works around all three.
 GVISOR_NOTE = (
     "under gVisor, default mode's sudo goes through agentbox's root broker (setuid cannot elevate there; "
-    "a sudo is ~0.3 s) and coreutils through a statx shim; hardened mode has no sudo, as under runc"
+    "a sudo is ~0.3 s), and coreutils and npm work through a small compatibility shim; hardened mode has "
+    "no sudo, as under runc"
 )
 
 

@@ -1,8 +1,8 @@
 """The build context of a runtime image, and the content hash that names it.
 
 Everything the Dockerfile copies in is gathered here as ``(path in context, mode, bytes)`` entries: the
-rendered Dockerfile, the OS-package script, the gVisor statx shim's source and build script, the lock
-file, the entrypoint, the runtime side of the agentbox package source and the host's extra CA
+rendered Dockerfile, the OS-package script, the gVisor compatibility shim's source and build
+script, the lock file, the entrypoint, the runtime side of the agentbox package source and the host's extra CA
 certificates. The content hash covers those entries
 plus the base image's id, so an unchanged input set maps to the same ``agentbox-runtime:<hash>`` tag
 and the build is skipped.
@@ -178,8 +178,8 @@ def make_context(
     files: list[ContextFile] = [
         ContextFile("Dockerfile", render_dockerfile(base, with_ca_env=bool(certs)).encode()),
         ContextFile("install-os-packages.sh", _read(FILES_DIR / "install-os-packages.sh"), 0o755),
-        ContextFile("statx-compat.c", _read(FILES_DIR / "statx-compat.c")),
-        ContextFile("build-statx-compat.sh", _read(FILES_DIR / "build-statx-compat.sh"), 0o755),
+        ContextFile("gvisor-compat.c", _read(FILES_DIR / "gvisor-compat.c")),
+        ContextFile("build-gvisor-compat.sh", _read(FILES_DIR / "build-gvisor-compat.sh"), 0o755),
         ContextFile("server-requirements.txt", _read(LOCK_FILE)),
         ContextFile("opt-agentbox/bin/agentbox-entrypoint", _read(FILES_DIR / "agentbox-entrypoint"), 0o755),
         ContextFile("opt-agentbox/bin/agentbox-sudo", _read(FILES_DIR / "agentbox-sudo"), 0o755),
