@@ -315,6 +315,51 @@ def measure_stream_and_output(image: str, backend: DockerBackend, runs: int = 3)
             "output_10mb_whole_s": _summary(whole), "docker_exec_10mb_floor_s": _summary(floor)}
 
 
+# The runtime server's own stack and nothing else: Python, asyncio, uvicorn, Starlette and one pydantic model
+# answering one route, idle after a few requests. What no server on this stack can go under; the runtime
+# server adds its routes, models, shell session and pools on top.
+STACK_FLOOR_APP = """
+import pydantic, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+class Body(pydantic.BaseModel):
+    command: str
+    timeout: float | None = None
+async def run(request):
+    return JSONResponse({"output": Body.model_validate_json(await request.body()).command})
+app = Starlette(routes=[Route("/run", run, methods=["POST"])])
+uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=8765, log_level="warning", lifespan="off")).run()
+"""
+STACK_FLOOR_POKE = """
+import http.client, time
+for _ in range(200):
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", 8765, timeout=5)
+        for _ in range(20):
+            conn.request("POST", "/run", body=b'{"command": "echo hi"}')
+            assert conn.getresponse().read() == b'{"output":"echo hi"}'
+        break
+    except ConnectionRefusedError:
+        time.sleep(0.05)
+else:
+    raise SystemExit("the stack floor app never answered")
+"""
+
+
+def stack_floor_memory(image: str, backend: DockerBackend, seconds: float = 2.0) -> float:
+    """MiB of a container of ``image`` running only :data:`STACK_FLOOR_APP`, measured as a sandbox is."""
+    python = "/opt/agentbox/venv/bin/python"
+    cid = _docker("run", "-d", "--label", "agentbox.test=1", "--label", "agentbox.bench=1",
+                  "--entrypoint", python, image, "-I", "-c", STACK_FLOOR_APP)
+    try:
+        _docker("exec", cid, python, "-I", "-c", STACK_FLOOR_POKE)
+        time.sleep(seconds)  # idle, as the sandbox is when it is measured
+        return _memory_mb(backend.api.stats(cid, stream=False, one_shot=True))
+    finally:
+        _docker("rm", "-f", cid)
+
+
 def measure_idle(image: str, backend: DockerBackend, seconds: float = IDLE_SECONDS) -> dict[str, Any]:
     """CPU of one idle sandbox (after one command) over ``seconds``, its memory, and the server's RSS
     growth after 50 MB up and down (then idle memory once more)."""
@@ -341,6 +386,7 @@ def measure_idle(image: str, backend: DockerBackend, seconds: float = IDLE_SECON
         "sandbox_memory_after_transfers_mb": _memory_mb(after),
         "server_rss_mb": rss_idle,
         "server_rss_after_transfers_mb": rss_after,
+        "stack_floor_memory_mb": stack_floor_memory(image, backend),
     }
 
 

@@ -4,7 +4,8 @@ Run ``python bench/bench_server.py [--json OUT]``; ``make bench`` calls :func:`r
 
 * startup: exec of ``python -m agentbox.server`` until its ready line (several starts);
 * ``echo hi`` round trip through the sync client (p50/p99), next to its floor measured in the same run:
-  a bare keep-alive HTTP round trip to ``/alive`` and a bare bash builtin round trip on a PTY;
+  a bare keep-alive HTTP round trip to ``/alive`` and a bare bash builtin round trip on a PTY; and the same
+  ``echo hi`` sent with http.client, which splits the round trip into the server's share and the SDK's;
 * 10 MB of command output; 1 MB and 50 MB upload and download throughput.
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agentbox.client import RuntimeClient
+from agentbox.protocol import API_KEY_HEADER
 from agentbox.server.local import start_local_server
 
 ITERATIONS = 500
@@ -51,6 +53,26 @@ def _http_floor(url: str, n: int) -> list[float]:
         conn.getresponse().read()
         if i >= 20:
             samples.append(time.perf_counter() - t)
+    conn.close()
+    return samples
+
+
+def _bare_echo(url: str, key: str, n: int) -> list[float]:
+    """The same ``echo hi`` as the SDK sends, through http.client as the HTTP floor is: the server's share of
+    the round trip, without the SDK's client (httpx, models) on top."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port))
+    headers = {API_KEY_HEADER: key, "Content-Type": "application/json"}
+    body = json.dumps({"command": "echo hi"}).encode()
+    samples = []
+    for i in range(n + 20):
+        t = time.perf_counter()
+        conn.request("POST", "/sessions/default/run", body=body, headers=headers)
+        response = conn.getresponse()
+        answer = response.read()
+        if i >= 20:
+            samples.append(time.perf_counter() - t)
+        assert response.status == 200 and json.loads(answer)["output"] == "hi\n", answer[:300]
     conn.close()
     return samples
 
@@ -126,6 +148,7 @@ def run(json_path: str | None = None) -> dict[str, Any]:
                 results["echo_roundtrip"] = _percentiles(samples)
                 results["floor_http_alive"] = _percentiles(_http_floor(url, ITERATIONS))
                 results["floor_pty_builtin"] = _percentiles(_pty_floor(ITERATIONS))
+                results["echo_bare_http"] = _percentiles(_bare_echo(url, key, ITERATIONS))
 
                 t = time.perf_counter()
                 res = client.run("head -c 10000000 /dev/zero | tr '\\0' x")
@@ -161,6 +184,7 @@ def _print_table(r: dict[str, Any]) -> None:
         ("startup exec -> ready line (p50)", f"{r['startup_to_ready_ms']['p50']} ms", "<= 300 ms"),
         ("echo hi round trip p50", f"{r['echo_roundtrip']['p50_ms']} ms", "<= 3 ms"),
         ("echo hi round trip p99", f"{r['echo_roundtrip']['p99_ms']} ms", "<= 15 ms"),
+        ("echo hi, bare HTTP client (no SDK) p50", f"{r['echo_bare_http']['p50_ms']} ms", ""),
         ("floor: HTTP /alive p50", f"{r['floor_http_alive']['p50_ms']} ms", ""),
         ("floor: PTY builtin p50", f"{r['floor_pty_builtin']['p50_ms']} ms", ""),
         ("10 MB output", f"{r['output_10mb_s']} s", ""),

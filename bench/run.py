@@ -311,6 +311,10 @@ def build_rows(results: Mapping[str, ComponentResult], floors: Mapping[str, Any]
     rows.append(make_row("echo hi round trip, p50", "ms", across(server, "echo_roundtrip.p50_ms"),
                          budget=("<=", 3.0), ratio=5.0, floor=echo_floor_p50, floor_note="bare HTTP + shell",
                          missing=why["server"]))
+    # The same request without the SDK's client: what is left of the round trip on the server's side.
+    rows.append(make_row("echo hi round trip, bare HTTP client (no SDK), p50", "ms",
+                         across(server, "echo_bare_http.p50_ms"), floor=echo_floor_p50,
+                         floor_note="bare HTTP + shell", missing=why["server"]))
     rows.append(make_row("echo hi round trip, p99", "ms", across(server, "echo_roundtrip.p99_ms"),
                          budget=("<=", 15.0), ratio=8.0, floor=echo_floor_p99, floor_note="bare HTTP + shell",
                          missing=why["server"]))
@@ -347,8 +351,11 @@ def build_rows(results: Mapping[str, ComponentResult], floors: Mapping[str, Any]
                              across(sandbox, f"concurrent_{count}.memory_per_sandbox_mb"), missing=why["sandbox"]))
     rows.append(make_row("idle sandbox CPU", "% core", across(sandbox, "idle_cpu_percent"),
                          budget=("<", 1.0), missing=why["sandbox"]))
+    stack_floor = across(sandbox, "stack_floor_memory_mb")
     rows.append(make_row("idle sandbox memory", "MiB", across(sandbox, "sandbox_memory_mb"),
-                         budget=("<=", 20.0), missing=why["sandbox"]))
+                         budget=("<=", 20.0), missing=why["sandbox"],
+                         floor=statistics.median(stack_floor) if stack_floor else None,
+                         floor_note="uvicorn + Starlette + pydantic app alone"))
     rows.append(make_row("idle sandbox memory after 50 MB up + down", "MiB",
                          across(sandbox, "sandbox_memory_after_transfers_mb"), missing=why["sandbox"]))
     # What the issue asks of large transfers: memory back to where it was (growth, not an absolute RSS,
