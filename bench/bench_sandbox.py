@@ -146,17 +146,18 @@ def _docker(*args: str) -> str:
     return done.stdout.decode().strip()
 
 
-def _idle_container(image: str) -> str:
+def _idle_container(image: str, *extra: str) -> str:
     """A running container of ``image`` doing nothing (the floors' subject), labelled for cleanup."""
-    return _docker("run", "-d", "--label", "agentbox.test=1", "--label", "agentbox.bench=1",
+    return _docker("run", "-d", "--label", "agentbox.test=1", "--label", "agentbox.bench=1", *extra,
                    "--entrypoint", "sleep", image, "infinity")
 
 
-def bare_docker_rm(image: str, runs: int) -> list[float]:
-    """Seconds for ``docker rm -f`` of a running container of ``image``: the floor of a teardown."""
+def bare_docker_rm(image: str, runs: int, *extra: str) -> list[float]:
+    """Seconds for ``docker rm -f`` of a running container of ``image`` (run with ``extra`` options): the
+    floor of a teardown."""
     times = []
     for _ in range(runs):
-        cid = _idle_container(image)
+        cid = _idle_container(image, *extra)
         t = time.perf_counter()
         _docker("rm", "-f", cid)
         times.append(time.perf_counter() - t)
@@ -265,13 +266,16 @@ def measure_concurrent(image: str, count: int, backend: DockerBackend) -> dict[s
             each = list(pool.map(lambda _: one(), range(count)))
         total = time.perf_counter() - t0
         with ThreadPoolExecutor(max_workers=min(count, 16)) as pool:
-            memory = list(pool.map(
-                lambda sb: _memory_mb(backend.api.stats(sb.container_id, stream=False, one_shot=True)), made
-            ))
+            stats = list(pool.map(lambda sb: backend.api.stats(sb.container_id, stream=False, one_shot=True), made))
+        # CPU each sandbox itself burnt to its first output (entrypoint, server imports and start, bash):
+        # count x this / cores is what the starts cost the machine beyond the engine's own work.
+        cpu = [int(st["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9 for st in stats]
         return {
             "total_s": total,
             "per_sandbox_s": _summary(each),
-            "memory_per_sandbox_mb": statistics.median(memory),
+            "memory_per_sandbox_mb": statistics.median(_memory_mb(st) for st in stats),
+            "cpu_per_sandbox_s": statistics.median(cpu),
+            "cpus": os.cpu_count(),
             "floor_docker_run_exec_s": floor,
         }
     finally:
@@ -400,6 +404,9 @@ def run(json_path: str | None = None, starts: int = 10, concurrent: tuple[int, .
         floor = bare_docker_run(image, max(5, starts // 2))
         result["docker_run_floor_s"] = _summary(floor)
         result["docker_rm_floor_s"] = _summary(bare_docker_rm(image, max(5, starts // 2)))
+        # A sandbox's server port is published on loopback: removing one also stops its docker-proxy.
+        result["docker_rm_published_floor_s"] = _summary(
+            bare_docker_rm(image, max(5, starts // 2), "--publish", "127.0.0.1::49983"))
         result.update(measure_starts(image, starts, backend))
         result.update(measure_stream_and_output(image, backend))
         for count in concurrent:

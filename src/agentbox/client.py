@@ -903,12 +903,8 @@ class RuntimeClient(_BaseClient):
         ``Authorization: Bearer`` (a control plane token, with ``base_url`` its runtime proxy
         ``<service>/v1/sandboxes/<id>/runtime``)."""
         super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id, auth=auth)
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=timeout,
-            transport=httpx.HTTPTransport(**self._transport_args()),
-        )
+        self._pool = httpx.HTTPTransport(**self._transport_args())
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=self._pool)
 
     def __enter__(self) -> RuntimeClient:
         return self
@@ -939,7 +935,16 @@ class RuntimeClient(_BaseClient):
             trace = _ConnectionTrace()
             request = self._http.build_request(**self._request_args(call, content, trace))
             try:
-                return self._http.send(request, stream=stream)
+                if stream:
+                    return self._http.send(request, stream=True)
+                # Straight to the connection pool: Client.send adds cookies, auth, redirects and event hooks,
+                # none of which a runtime server uses, for ~0.2 ms a call (a fifth of an echo round trip).
+                response = self._pool.handle_request(request)
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                return response
             except httpx.HTTPError as exc:
                 if attempt == 2 or not call.idempotent or not trace.closed_while_idle(exc):
                     raise
@@ -1218,12 +1223,8 @@ class AsyncRuntimeClient(_BaseClient):
         ``Authorization: Bearer`` (a control plane token, with ``base_url`` its runtime proxy
         ``<service>/v1/sandboxes/<id>/runtime``)."""
         super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id, auth=auth)
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=timeout,
-            transport=httpx.AsyncHTTPTransport(**self._transport_args()),
-        )
+        self._pool = httpx.AsyncHTTPTransport(**self._transport_args())
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=self._pool)
 
     @classmethod
     def like(cls, client: RuntimeClient) -> AsyncRuntimeClient:
@@ -1264,7 +1265,14 @@ class AsyncRuntimeClient(_BaseClient):
             trace = _ConnectionTrace()
             request = self._http.build_request(**self._request_args(call, content, trace.async_trace))
             try:
-                return await self._http.send(request, stream=stream)
+                if stream:
+                    return await self._http.send(request, stream=True)
+                response = await self._pool.handle_async_request(request)  # as in the sync client
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                return response
             except httpx.HTTPError as exc:
                 if attempt == 2 or not call.idempotent or not trace.closed_while_idle(exc):
                     raise
