@@ -903,7 +903,7 @@ class RuntimeClient(_BaseClient):
         ``Authorization: Bearer`` (a control plane token, with ``base_url`` its runtime proxy
         ``<service>/v1/sandboxes/<id>/runtime``)."""
         super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id, auth=auth)
-        self._pool = httpx.HTTPTransport(**self._transport_args())
+        self._pool: httpx.BaseTransport = httpx.HTTPTransport(**self._transport_args())
         self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=self._pool)
 
     def __enter__(self) -> RuntimeClient:
@@ -1223,7 +1223,7 @@ class AsyncRuntimeClient(_BaseClient):
         ``Authorization: Bearer`` (a control plane token, with ``base_url`` its runtime proxy
         ``<service>/v1/sandboxes/<id>/runtime``)."""
         super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id, auth=auth)
-        self._pool = httpx.AsyncHTTPTransport(**self._transport_args())
+        self._pool: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(**self._transport_args())
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=self._pool)
 
     @classmethod

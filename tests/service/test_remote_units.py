@@ -119,8 +119,8 @@ def test_runtime_calls_through_the_service_carry_the_token_not_a_session_key() -
         return httpx.Response(200, json={"status": "ok"})
 
     client = RuntimeClient("http://svc:1/v1/sandboxes/abc/runtime", "tok", auth="bearer")
-    client._http = httpx.Client(base_url=client.base_url, headers=client._headers,
-                                transport=httpx.MockTransport(handler))
+    client._pool = httpx.MockTransport(handler)
+    client._http = httpx.Client(base_url=client.base_url, headers=client._headers, transport=client._pool)
     client.alive()
     assert seen[0].url.path == "/v1/sandboxes/abc/runtime/alive"
     assert seen[0].headers["authorization"] == "Bearer tok" and API_KEY_HEADER not in seen[0].headers
