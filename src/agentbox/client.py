@@ -1224,7 +1224,9 @@ class AsyncRuntimeClient(_BaseClient):
         ``<service>/v1/sandboxes/<id>/runtime``)."""
         super().__init__(base_url, api_key, timeout=timeout, uds=uds, sandbox_id=sandbox_id, auth=auth)
         self._pool: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(**self._transport_args())
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=self._pool)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=timeout, transport=self._pool
+        )
 
     @classmethod
     def like(cls, client: RuntimeClient) -> AsyncRuntimeClient:

