@@ -33,16 +33,22 @@ typedef int (*statx_fn)(int, const char *, int, unsigned int, struct statx *);
 typedef ssize_t (*write_fn)(int, const void *, size_t);
 typedef ssize_t (*writev_fn)(int, const struct iovec *, int);
 
+/* The C library's own function behind a wrapper, looked up once; NULL (ENOSYS set) where it has none. */
+static void *next_symbol(void **cache, const char *name)
+{
+    if (*cache == 0)
+        *cache = dlsym(RTLD_NEXT, name);
+    if (*cache == 0)
+        errno = ENOSYS;
+    return *cache;
+}
+
 int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf)
 {
-    static statx_fn real;
-    if (real == 0) {
-        real = (statx_fn)dlsym(RTLD_NEXT, "statx");
-        if (real == 0) {
-            errno = ENOSYS;
-            return -1;
-        }
-    }
+    static void *cache;
+    statx_fn real = (statx_fn)next_symbol(&cache, "statx");
+    if (real == 0)
+        return -1;
     int saved = errno;
     int r = real(dirfd, path, flags, mask, buf);
     if (r == -1 && errno == EINVAL && (flags & AT_NO_AUTOMOUNT)) {
@@ -64,14 +70,10 @@ static int is_terminal(int fd)
 
 ssize_t write(int fd, const void *buf, size_t count)
 {
-    static write_fn real;
-    if (real == 0) {
-        real = (write_fn)dlsym(RTLD_NEXT, "write");
-        if (real == 0) {
-            errno = ENOSYS;
-            return -1;
-        }
-    }
+    static void *cache;
+    write_fn real = (write_fn)next_symbol(&cache, "write");
+    if (real == 0)
+        return -1;
     if (count == 0 && is_terminal(fd))
         return 0;
     return real(fd, buf, count);
@@ -79,14 +81,10 @@ ssize_t write(int fd, const void *buf, size_t count)
 
 ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 {
-    static writev_fn real;
-    if (real == 0) {
-        real = (writev_fn)dlsym(RTLD_NEXT, "writev");
-        if (real == 0) {
-            errno = ENOSYS;
-            return -1;
-        }
-    }
+    static void *cache;
+    writev_fn real = (writev_fn)next_symbol(&cache, "writev");
+    if (real == 0)
+        return -1;
     if (iovcnt >= 0 && iovcnt <= IOV_MAX) {
         size_t total = 0;
         for (int i = 0; i < iovcnt; i++)
