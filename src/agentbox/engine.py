@@ -33,8 +33,12 @@ def docker_client(timeout: float = 120, *, max_pool_size: int = 10) -> docker.Do
 
     try:
         client = docker.from_env(timeout=int(timeout), max_pool_size=max_pool_size)
+    except DockerException as exc:
+        raise EngineUnavailableError(f"no Docker engine answers ({_short(exc)}); {FIX_HINT}") from exc
+    try:
         client.ping()
     except DockerException as exc:
+        client.close()  # its pool's sockets, else left to the collector
         raise EngineUnavailableError(f"no Docker engine answers ({_short(exc)}); {FIX_HINT}") from exc
     return client
 

@@ -107,6 +107,8 @@ class Service:
             if line.startswith(READY_PREFIX):
                 break
         else:
+            self.proc.stderr.close()
+            self.proc.wait()  # it ended (EOF on its stderr): reaped, not left to warn when collected
             raise RuntimeError("agentbox serve ended before its ready line: " + "".join(self.lines))
         self.url = self.lines[-1].strip()[len(READY_PREFIX):]
         self.admin_token = (data_dir / "admin.token").read_text().strip()
@@ -114,8 +116,11 @@ class Service:
         import threading
 
         def drain() -> None:
-            for ln in self.proc.stderr or ():
+            stderr = self.proc.stderr
+            assert stderr is not None
+            for ln in stderr:
                 self.lines.append(ln)
+            stderr.close()  # EOF: the pipe is ours to close (unclosed, it warns when collected)
 
         threading.Thread(target=drain, daemon=True).start()
 

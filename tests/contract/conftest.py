@@ -86,9 +86,15 @@ class DockerProbe(EngineProbe):
             image, entrypoint=["python3", "-u", "-m", "http.server", "8080"], command=[], name=name,
             network=network, labels=labels, detach=True, user="nobody", working_dir="/tmp",
         )
-        for line in container.logs(stream=True, follow=True):  # ready when it listens: no sleeping
-            if b"Serving HTTP" in line:
-                return
+        from agentbox.backends.docker.lifecycle import close_stream
+
+        log = container.logs(stream=True, follow=True)
+        try:
+            for line in log:  # ready when it listens: no sleeping
+                if b"Serving HTTP" in line:
+                    return
+        finally:
+            close_stream(log)  # else its docker.sock connection stays open until collected
         raise AssertionError(f"sidecar {name} exited: {container.logs().decode(errors='replace')}")
 
     def sweep(self, labels: dict[str, str]) -> None:

@@ -309,7 +309,9 @@ class _LogLines:
             self._pending += chunk
 
     def close(self) -> None:
-        self._stream.close()
+        from agentbox.backends.docker.lifecycle import close_stream
+
+        close_stream(self._stream)  # its docker.sock connection too, not just the stream
 
 
 def test_a_restarted_container_waits_for_its_key_then_serves(sandboxes: Callable[..., Any], docker_client: Any) -> None:

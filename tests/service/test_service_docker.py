@@ -235,7 +235,8 @@ def test_kill_9_mid_create_then_restart_leaves_nothing_orphaned(
     containers = docker_client.api.containers(all=True, filters={"label": f"agentbox.service={service_id}"})
     assert sorted(c["Labels"]["agentbox.sandbox"] for c in containers) == [keep]
     assert docker_client.api.containers(all=True, filters={"label": "abxt.kill=1"}) == []
-    audit = [(e["action"], e["target"]) for e in svc2.client(admin_token).get("/v1/audit").json()["entries"]]
+    with svc2.client(admin_token) as client:
+        audit = [(e["action"], e["target"]) for e in client.get("/v1/audit").json()["entries"]]
     assert ("reconcile.remove", victim) in audit
 
 

@@ -178,10 +178,12 @@ class Cluster:
             f" --pidfile {RUN}/node{i}/dockerd.pid -H {sock(i)} --bip 172.29.{i}.1/24"
             f" --cgroup-parent /abxs-node{i} --storage-driver overlay2"
         )
+        # setsid --fork: dockerd runs on in a child of setsid, which itself exits at once and is reaped
+        # here (a Popen dropped while its process runs is a ResourceWarning, and a zombie until then).
         with open(DATA / "logs" / f"node{i}.log", "ab") as log:
-            subprocess.Popen(
-                ["setsid", "ip", "netns", "exec", ns(i), "unshare", "--uts", "sh", "-c", script],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            subprocess.run(
+                ["setsid", "--fork", "ip", "netns", "exec", ns(i), "unshare", "--uts", "sh", "-c", script],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, check=True, timeout=30,
             )
 
     def wait_engine(self, i: int, timeout: float = 60) -> None:

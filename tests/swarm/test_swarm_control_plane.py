@@ -47,6 +47,7 @@ class Service:
                 if line.startswith(READY_PREFIX):
                     ready.set()
             ready.set()
+            self.proc.stderr.close()  # EOF: the pipe is ours to close (unclosed, it warns when collected)
 
         threading.Thread(target=read, daemon=True).start()
         ready.wait(180)

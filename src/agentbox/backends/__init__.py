@@ -5,6 +5,8 @@ control plane (:mod:`~agentbox.backends.service`: ``Sandbox(server=..., token=..
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 from typing import TYPE_CHECKING
 
@@ -71,3 +73,16 @@ def get_service_backend(server: str, token: str) -> ServiceBackend:
         if backend is None:
             backend = _services[key] = ServiceBackend(server, token)
         return backend
+
+
+@atexit.register
+def _close_all() -> None:
+    """The process-wide backends live as long as the process: their connections are closed at its exit,
+    not left to the interpreter's teardown (where each open socket is a ResourceWarning)."""
+    with _lock:
+        backends: list[Backend] = [*_instances.values(), *_services.values()]
+        _instances.clear()
+        _services.clear()
+    for backend in backends:
+        with contextlib.suppress(Exception):  # exiting anyway: a backend that fails to close changes nothing
+            backend.close()

@@ -112,8 +112,12 @@ def _client(url: str | None) -> docker.DockerClient:
         client = docker.DockerClient(base_url=url, timeout=120, max_pool_size=64) if url else docker.from_env(
             timeout=120, max_pool_size=64
         )
+    except DockerException as exc:
+        raise EngineUnavailableError(f"no Docker engine answers at {url or 'DOCKER_HOST'}: {exc}") from exc
+    try:
         client.ping()
     except DockerException as exc:
+        client.close()  # its pool's sockets, else left to the collector (a node that is down is retried)
         raise EngineUnavailableError(f"no Docker engine answers at {url or 'DOCKER_HOST'}: {exc}") from exc
     return client
 
