@@ -33,6 +33,9 @@ typedef int (*statx_fn)(int, const char *, int, unsigned int, struct statx *);
 typedef ssize_t (*write_fn)(int, const void *, size_t);
 typedef ssize_t (*writev_fn)(int, const struct iovec *, int);
 
+/* The C library's functions behind the wrappers, looked up when the shim loads (see resolve_all). */
+static void *real_statx, *real_write, *real_writev;
+
 /* The C library's own function behind a wrapper, looked up once; NULL (ENOSYS set) where it has none. */
 static void *next_symbol(void **cache, const char *name)
 {
@@ -43,10 +46,20 @@ static void *next_symbol(void **cache, const char *name)
     return *cache;
 }
 
+/* Eagerly, so that a wrapper never calls dlsym itself: a program's first write may come from a signal
+ * handler, where dlsym is not safe. A call before this runs (another library's constructor) still works. */
+__attribute__((constructor)) static void resolve_all(void)
+{
+    int saved = errno;
+    next_symbol(&real_statx, "statx");
+    next_symbol(&real_write, "write");
+    next_symbol(&real_writev, "writev");
+    errno = saved;
+}
+
 int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf)
 {
-    static void *cache;
-    statx_fn real = (statx_fn)next_symbol(&cache, "statx");
+    statx_fn real = (statx_fn)next_symbol(&real_statx, "statx");
     if (real == 0)
         return -1;
     int saved = errno;
@@ -70,8 +83,7 @@ static int is_terminal(int fd)
 
 ssize_t write(int fd, const void *buf, size_t count)
 {
-    static void *cache;
-    write_fn real = (write_fn)next_symbol(&cache, "write");
+    write_fn real = (write_fn)next_symbol(&real_write, "write");
     if (real == 0)
         return -1;
     if (count == 0 && is_terminal(fd))
@@ -81,8 +93,7 @@ ssize_t write(int fd, const void *buf, size_t count)
 
 ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 {
-    static void *cache;
-    writev_fn real = (writev_fn)next_symbol(&cache, "writev");
+    writev_fn real = (writev_fn)next_symbol(&real_writev, "writev");
     if (real == 0)
         return -1;
     if (iovcnt >= 0 && iovcnt <= IOV_MAX) {
