@@ -287,22 +287,41 @@ class SandboxManager:
                 return taken
         row = self._new_row(who.name, config, user_labels)
         row.idle_timeout, row.max_lifetime, row.keep_alive = lifecycle
+        await self._make(who, row, config, check, started=started, progress=progress)
+        return row
+
+    async def _make(
+        self,
+        who: Principal,
+        row: SandboxRow,
+        config: SandboxConfig,
+        check: Callable[[Usage], None],
+        *,
+        started: float | None = None,
+        progress: Progress | None = None,
+        note: str = "",
+        error_id: str | None = None,
+    ) -> None:
+        """Reserve ``row`` (``check`` runs on the usage in the same transaction), then create and start its
+        container; on any failure nothing of it is left and the error names ``error_id`` (default: the
+        new sandbox). Counted (with its duration from ``started``), audited as a create by ``who``,
+        tracked for its lifecycle and announced."""
         await self.store.run(self.store.reserve_sandbox, row, check)
         try:
             async with self._lock(row.id):
-                await self._build(row, config, user_labels, progress=progress)
+                await self._build(row, config, row.labels, progress=progress)
         except BaseException as exc:
             self.metrics.creates.labels(outcome="failed").inc()
             await self._discard(row)
             if isinstance(exc, AgentboxError):
-                raise from_agentbox_error(exc).with_sandbox(row.id) from None
+                raise from_agentbox_error(exc).with_sandbox(error_id or row.id) from None
             raise
         self.metrics.creates.labels(outcome="ok").inc()
-        self.metrics.create_seconds.observe(time.monotonic() - started)
-        await self.store.run(self.store.audit, who.name, "create", row.id, "")
+        if started is not None:
+            self.metrics.create_seconds.observe(time.monotonic() - started)
+        await self.store.run(self.store.audit, who.name, "create", row.id, note)
         self.lifecycle.track(row)
         self._emit(row)
-        return row
 
     async def make_pooled(self, pool: str, config: SandboxConfig, labels: dict[str, str]) -> None:
         """Make one ready sandbox for ``pool`` (no owner yet); on failure nothing is left and it raises."""
@@ -480,20 +499,7 @@ class SandboxManager:
                 if who.name == row.owner:
                     check_quota(config, who.quota, usage, who.name)
 
-            await self.store.run(self.store.reserve_sandbox, new, check)
-            try:
-                async with self._lock(new.id):
-                    await self._build(new, config, new.labels)
-            except BaseException as exc:
-                self.metrics.creates.labels(outcome="failed").inc()
-                await self._discard(new)
-                if isinstance(exc, AgentboxError):
-                    raise from_agentbox_error(exc).with_sandbox(row.id) from None
-                raise
-            self.metrics.creates.labels(outcome="ok").inc()
-            await self.store.run(self.store.audit, who.name, "create", new.id, f"replaces lost sandbox {row.id}")
-            self.lifecycle.track(new)
-            self._emit(new)
+            await self._make(who, new, config, check, note=f"replaces lost sandbox {row.id}", error_id=row.id)
             await self.store.run(self.store.update_sandbox, row.id, state="removing")
             try:
                 await self._remove_containers(row.id, row.container_id, purge_volumes=False)
