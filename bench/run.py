@@ -545,7 +545,8 @@ def print_table(rows: list[Row], title: str) -> None:
 # A cold start in the order things happen: (key in the sandbox bench's breakdown, what it is).
 COLD_START_PHASES = (
     ("create_container", "engine: create the container"),
-    ("put_archive", "engine: hand over the session key"),
+    ("put_archive", "engine: copy the session key in"),
+    ("hand_over", "session key written into its mounted directory"),
     ("start", "engine: start call"),
     ("server_to_entrypoint", "container started -> entrypoint forked"),
     ("server_entrypoint", "entrypoint + setpriv + interpreter start"),

@@ -44,6 +44,8 @@ class LABELS:
     """Container id of the agentbox process that owns the sandbox, when that process runs in a container."""
     SOCKET_DIR = "agentbox.socket-dir"
     """Host directory of the server's Unix socket (``network="none"``)."""
+    KEY_DIR = "agentbox.key-dir"
+    """Host directory mounted as the sandbox's /run/agentbox (a local engine's session-key handover)."""
     SERVICE = "agentbox.service"
     """The control plane (``agentbox serve``) that owns the sandbox."""
     SERVICE_POOL = "agentbox.service-pool"
@@ -66,6 +68,7 @@ IDENTITY_LABELS = frozenset(
         LABELS.KEEP_ALIVE,
         LABELS.SERVER_PORT,
         LABELS.SOCKET_DIR,
+        LABELS.KEY_DIR,
         LABELS.MANAGER,
         LABELS.SERVICE,
         LABELS.SERVICE_POOL,

@@ -25,6 +25,7 @@ __all__ = [
     "FOREIGN_SERVER_LABEL",
     "HARDENED_CAP_ADD",
     "NONE_NETWORK",
+    "RUN_MOUNT",
     "SERVER_DIR",
     "SERVER_PORT",
     "SOCKET_MOUNT",
@@ -55,6 +56,9 @@ SERVER_DIR = "/opt/agentbox"
 #: Where a network-less sandbox's socket directory is mounted, and the server's socket in it.
 SOCKET_MOUNT = "/run/agentbox-sock"
 SOCKET_NAME = "server.sock"
+#: Where the entrypoint finds the session key and env.sh; a local engine's sandbox has its key directory
+#: mounted here (:attr:`ContainerSpec.key_dir`).
+RUN_MOUNT = "/run/agentbox"
 
 #: Capabilities removed from Docker's default set in default (non-hardened) mode. Package installs with
 #: sudo need CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID/SETGID (apt drops to _apt) and KILL; nothing an
@@ -162,6 +166,9 @@ class ContainerSpec:
     socket_dir: str | None = None
     """Host directory bind-mounted at :data:`SOCKET_MOUNT`, where the server creates its Unix socket
     (``network_mode="none"``); None when the server listens on TCP."""
+    key_dir: str | None = None
+    """Host directory bind-mounted at :data:`RUN_MOUNT`, into which the backend writes the session key
+    before start (a local engine); None when the key is copied in through the engine instead."""
 
     @property
     def has_policy(self) -> bool:
@@ -395,6 +402,8 @@ def to_docker_args(spec: ContainerSpec) -> dict[str, Any]:
     mounts = list(spec.mounts)
     if spec.socket_dir:
         mounts.append(Mount(source=spec.socket_dir, target=SOCKET_MOUNT, kind="bind"))
+    if spec.key_dir:
+        mounts.append(Mount(source=spec.key_dir, target=RUN_MOUNT, kind="bind"))
     if mounts:
         args["mounts"] = [_docker_mount(m) for m in mounts]
     if spec.network_mode == "host":

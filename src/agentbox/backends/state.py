@@ -19,7 +19,7 @@ from typing import Any
 
 from agentbox.errors import SandboxError
 
-__all__ = ["SandboxRecord", "StateStore", "sockets_dir", "state_dir"]
+__all__ = ["SandboxRecord", "StateStore", "key_dirs", "sockets_dir", "state_dir"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 
@@ -42,6 +42,20 @@ def sockets_dir() -> Path:
     if runtime and os.path.isabs(runtime):
         return Path(runtime) / "agentbox" / "sockets"
     return state_dir() / "sockets"
+
+
+def key_dirs() -> Path | None:
+    """Where a local engine's sandboxes get the directory their session key is written into before start.
+
+    ``/run/agentbox/keys`` for root, ``$XDG_RUNTIME_DIR/agentbox/keys``, else None: a key is only ever
+    written to a tmpfs (never to a disk), so without one it is copied in through the engine instead.
+    """
+    if os.geteuid() == 0:
+        return Path("/run/agentbox/keys")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "agentbox" / "keys"
+    return None
 
 
 @dataclass

@@ -7,6 +7,7 @@ The jobs live in their own modules; this class composes them:
   connect -> start), so sidecars on ``additional_networks`` answer by name from the very first command.
 * :mod:`.endpoints` -- how this process reaches the server (pure).
 * :mod:`.lifecycle` -- the create call, the secrets put before start, the ready-line watcher.
+* :mod:`.keydirs` -- on a local engine, the session key written into a mounted host directory instead.
 * :mod:`.sockets`, :mod:`.volumes` -- per-sandbox socket directories (``network="none"``), named volumes.
 * :mod:`.reaping` -- orphans and leftovers.
 
@@ -22,6 +23,7 @@ import builtins
 import contextlib
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Mapping
@@ -36,6 +38,7 @@ from agentbox.backends.docker.egress import LABEL_GATEWAY, Egress
 from agentbox.backends.docker.endpoints import Placement, choose_endpoint, placement_of
 from agentbox.backends.docker.errors import engine_errors
 from agentbox.backends.docker.events import container_events
+from agentbox.backends.docker.keydirs import KeyDirs
 from agentbox.backends.docker.networks import (
     ROLE_DEFAULT,
     ROLE_NONE,
@@ -56,7 +59,7 @@ from agentbox.backends.spec import (
     ContainerSpec,
     with_server_volume,
 )
-from agentbox.backends.state import StateStore, sockets_dir
+from agentbox.backends.state import StateStore, key_dirs, sockets_dir
 from agentbox.backends.workspace import unwritable_reason
 from agentbox.engine import docker_client
 from agentbox.errors import (
@@ -121,12 +124,19 @@ class DockerBackend(Backend):
         *,
         store: StateStore | None = None,
         sockets: Path | None = None,
+        keys: Path | None = None,
+        mount_keys: bool = True,
         default_network: str = DEFAULT_NETWORK,
     ) -> None:
         self._client = client
         self._owns_client = client is None
         self._store = store or StateStore()
         self.sockets = SocketDirs(sockets or sockets_dir())
+        # mount_keys=False: every key is copied in through the engine (what a remote engine always gets).
+        keys = keys or key_dirs()
+        self.keys = KeyDirs(keys) if mount_keys and keys is not None else None
+        # Key directories of the containers this instance created (a restart reads the label instead).
+        self._key_dirs: dict[str, str] = {}
         self.networks = Networks(lambda: self.api)
         self.egress = Egress(lambda: self.api)
         self.default_network = default_network
@@ -213,11 +223,46 @@ class DockerBackend(Backend):
         def ask() -> bool:
             if not str(getattr(self.api, "base_url", "")).startswith("http+docker://"):
                 return False  # tcp:// or ssh://: the bind sources are another machine's
-            with engine_errors("asking the engine about its security options"):
-                options = " ".join(self.api.info().get("SecurityOptions") or [])
+            options = " ".join(self._engine_info().get("SecurityOptions") or [])
             return "name=userns" not in options and "name=rootless" not in options
 
         return bool(self._facts.get("local-uids", ask))
+
+    def _engine_info(self) -> dict[str, Any]:
+        def ask() -> dict[str, Any]:
+            with engine_errors("asking the engine about itself"):
+                return dict(self.api.info())
+
+        return dict(self._facts.get("info", ask))
+
+    def _shares_files(self) -> bool:
+        """True when a bind mount's source is this process's own file: a local engine (Unix socket, no
+        user namespace) on this very machine, not in a container of its own (Docker Desktop's VM, an
+        engine reached through a mounted socket from inside a container) -- its name is this host's."""
+
+        def ask() -> bool:
+            if self.manager() is not None or self._in_host_network_container() or not self._local_uids():
+                return False
+            return self._engine_info().get("Name") == socket.gethostname()
+
+        return bool(self._facts.get("shares-files", ask))
+
+    def _with_key_dir(self, spec: ContainerSpec) -> ContainerSpec:
+        """``spec`` with a key directory mounted at its /run/agentbox, where that is safe and pays.
+
+        Not for an image's own server (its launcher reads a copied key), nor under gVisor (its gofer may
+        not show a restarted sandbox a file written on the host later), nor where the sandbox uid is
+        another user of this host that this process cannot hand a directory to.
+        """
+        sandbox_id = spec.label_map.get(LABELS.SANDBOX)
+        if self.keys is None or not sandbox_id or spec.foreign_server or spec.runtime == "runsc":
+            return spec
+        euid = os.geteuid()
+        if euid != 0 and (spec.user_id or 0) not in (0, euid):
+            return spec
+        if not self._shares_files():
+            return spec
+        return self.keys.place(spec, sandbox_id)
 
     # -- networks ------------------------------------------------------------------------------------------
 
@@ -320,6 +365,7 @@ class DockerBackend(Backend):
         try:
             placed, networks = self._place(spec)
             placed = self._behind_gateway(placed)
+            placed = self._with_key_dir(placed)
             try:
                 container_id = lifecycle.create_container(self.api, placed)
             except NetworkNotFoundError:
@@ -335,6 +381,8 @@ class DockerBackend(Backend):
                     self.api.connect_container_to_network(container_id, name)
             if spec.foreign_server:
                 self._foreign.add(container_id)
+            if placed.key_dir:
+                self._key_dirs[container_id] = placed.key_dir
             return container_id
         except BaseException:
             if container_id is not None:
@@ -347,6 +395,8 @@ class DockerBackend(Backend):
                 self.networks.release(name)
             remove_volumes(self.api, volumes)
             self.sockets.remove(placed.socket_dir, placed.label_map.get(LABELS.SANDBOX))
+            if self.keys is not None:
+                self.keys.remove(placed.key_dir, placed.label_map.get(LABELS.SANDBOX))
             raise
 
     def _behind_gateway(self, placed: ContainerSpec) -> ContainerSpec:
@@ -375,8 +425,7 @@ class DockerBackend(Backend):
         for attempt in range(attempts):
             earlier = lifecycle.count_ready_lines(self.logs(container_id)) if restart else 0
             if files:
-                with engine_errors("handing the session key to the sandbox"):
-                    self.api.put_archive(container_id, lifecycle.RUN_DIR, lifecycle.secrets_tar(files))
+                self._hand_over(container_id, files, restart=restart)
             self._start_container(container_id)
             with engine_errors("following the sandbox's log"):
                 watcher = lifecycle.ReadyWatcher(self.api, container_id, skip=earlier)
@@ -419,6 +468,26 @@ class DockerBackend(Backend):
         first start knows from :attr:`_foreign`, without an engine round trip on the create path)."""
         labels = (self._inspect(container_id).get("Config") or {}).get("Labels") or {}
         return labels.get(FOREIGN_SERVER_LABEL) == "1"
+
+    def _hand_over(self, container_id: str, files: Mapping[str, tuple[bytes, int]], *, restart: bool) -> None:
+        """Put ``files`` into the container's /run/agentbox: written into its key directory when it has one
+        (this instance made it, or, for a restart, its label names exactly the one agentbox would make
+        here), else copied in through the engine."""
+        directory = self._key_dirs.get(container_id)
+        if directory is None and restart and self.keys is not None:
+            labels = (self._inspect(container_id).get("Config") or {}).get("Labels") or {}
+            named, sandbox_id = labels.get(LABELS.KEY_DIR), labels.get(LABELS.SANDBOX)
+            # A label is anyone's to write: only the very directory this host's agentbox would make.
+            if named and self.keys.owns(named, sandbox_id) and Path(named) == self.keys.path(str(sandbox_id)):
+                directory = named
+        if directory is not None and self.keys is not None:
+            try:
+                self.keys.hand_over(directory, files)
+                return
+            except OSError as exc:  # e.g. removed from the host meanwhile: the mount still takes a copy
+                log.debug("cannot write the session key into %s (%s); copying it in", directory, exc)
+        with engine_errors("handing the session key to the sandbox"):
+            self.api.put_archive(container_id, lifecycle.RUN_DIR, lifecycle.secrets_tar(files))
 
     def _start_foreign(self, container_id: str, files: Mapping[str, tuple[bytes, int]]) -> Endpoint:
         """Start a container running its image's own server (no ready line to wait for: the caller probes
@@ -525,12 +594,13 @@ class DockerBackend(Backend):
             self.api.stop(container_id, timeout=int(timeout))
 
     def remove(self, container_id: str, *, purge_volumes: bool = False) -> None:
-        """Remove the container, the agentbox-created networks it was the last user of, its socket
-        directory, and (with ``purge_volumes``, used when a start fails) the named volumes agentbox
+        """Remove the container, the agentbox-created networks it was the last user of, its socket and key
+        directories, and (with ``purge_volumes``, used when a start fails) the named volumes agentbox
         created for it."""
         from docker.errors import NotFound
 
         self._foreign.discard(container_id)
+        self._key_dirs.pop(container_id, None)
         try:
             attrs = self._inspect(container_id)
         except SandboxNotFoundError:
@@ -547,6 +617,8 @@ class DockerBackend(Backend):
             self.networks.release(name)
         # After the container: its server can no longer create the socket again meanwhile.
         self.sockets.remove(labels.get(LABELS.SOCKET_DIR), sandbox_id)
+        if self.keys is not None and labels.get(LABELS.KEY_DIR):
+            self.keys.remove(labels.get(LABELS.KEY_DIR), sandbox_id)
         if purge_volumes and sandbox_id:
             remove_volumes(self.api, volumes_created_for(self.api, sandbox_id))
 
