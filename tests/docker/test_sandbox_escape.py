@@ -335,9 +335,7 @@ def test_a_restarted_container_waits_for_its_key_then_serves(sandboxes: Callable
     finally:
         logs.close()
     assert re.search(rb"ready on http://\S+:\d+", ready), ready
-    attrs = docker_client.api.inspect_container(container_id)
-    binding = next(iter(attrs["NetworkSettings"]["Ports"].values()))[0]
-    url = f"http://{binding['HostIp'] or '127.0.0.1'}:{binding['HostPort']}"
+    url = sandbox.backend.endpoint(container_id).url  # its bridge address here, a published port elsewhere
     with httpx.Client(base_url=url, headers={API_KEY_HEADER: key}) as http:
         response = http.post("/sessions/default/run", json={"command": 'id -u; echo "$AGAIN"; ls -A /run/agentbox'})
     assert response.status_code == 200, response.text

@@ -506,7 +506,7 @@ def create_app(settings: ServiceSettings, *, backend: Backend | None = None) -> 
             background.add(task)
             task.add_done_callback(background.discard)
 
-        manager.on_forget = drop_connections
+        manager.drop_connections = drop_connections
         svc = Service(settings, store, engine, service_id, manager, proxy, metrics)
         app.state.service = svc
         api = build_router(svc)

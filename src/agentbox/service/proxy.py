@@ -66,17 +66,20 @@ def parse_port(raw: str) -> int:
 class RuntimeProxy:
     """The HTTP clients to runtime servers (keep-alive), and the forwarding itself.
 
-    One client serves every sandbox reached over TCP (connections are pooled per address); a sandbox
-    behind a Unix socket gets a client of its own. Making an httpx client costs 20-40 ms, nearly all of
-    it loading CA certificates, so one SSL context (never used: sandboxes speak plain HTTP) is shared.
+    Each sandbox gets a client (a connection pool) of its own, and so do the kept-alive connections of
+    the h11 path: a sandbox's address can be another's later (a local engine reuses bridge addresses, and
+    a restarted sandbox is reached at the same one), and a connection to a container that went away gets
+    no answer at all, so connections must never outlive what they were made for. :meth:`drop` closes
+    them when the sandbox stops or goes. Making an httpx client costs 20-40 ms, nearly all of it loading
+    CA certificates, so one SSL context (never used: sandboxes speak plain HTTP) is shared.
     """
 
     def __init__(self) -> None:
         self._ssl: ssl.SSLContext | None = None
-        self._tcp: httpx.AsyncClient | None = None
-        self._uds: dict[str, tuple[str, httpx.AsyncClient]] = {}
-        # Idle kept-alive connections of the h11 path, per runtime server address (URL or socket path).
-        self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        # sandbox id -> the address a client connects to (the server's URL or socket, an app port) -> it
+        self._clients: dict[str, dict[str, httpx.AsyncClient]] = {}
+        # Idle kept-alive connections of the h11 path, per (sandbox id, runtime server address).
+        self._idle: dict[tuple[str, str], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._addresses: dict[str, set[str]] = {}
 
     def _new_client(self, transport_args: dict[str, Any]) -> httpx.AsyncClient:
@@ -90,31 +93,27 @@ class RuntimeProxy:
 
     def _client(self, target: Target) -> httpx.AsyncClient:
         ep = target.endpoint
-        if ep.uds is None:
-            if self._tcp is None:
-                # Without TCP_NODELAY, headers and body leave in two writes and Nagle plus the server's
-                # delayed ACK hold the second for ~40 ms: every proxied round trip would pay it.
-                self._tcp = self._new_client(
-                    {"socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                     "limits": httpx.Limits(max_connections=None, max_keepalive_connections=256)}
-                )
-            return self._tcp
-        known = self._uds.get(target.sandbox_id)
-        if known is not None and known[0] == ep.uds:
-            return known[1]
-        if known is not None:  # the sandbox restarted with another socket: the old connections are useless
-            asyncio.get_running_loop().create_task(known[1].aclose())
-        client = self._new_client({"uds": ep.uds})
-        self._uds[target.sandbox_id] = (ep.uds, client)
+        address = ep.uds or ep.url
+        clients = self._clients.setdefault(target.sandbox_id, {})
+        known = clients.get(address)
+        if known is not None:
+            return known
+        if ep.uds is not None:
+            client = self._new_client({"uds": ep.uds})
+        else:
+            # Without TCP_NODELAY, headers and body leave in two writes and Nagle plus the server's
+            # delayed ACK hold the second for ~40 ms: every proxied round trip would pay it.
+            client = self._new_client({"socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                                       "limits": httpx.Limits(max_connections=None, max_keepalive_connections=64)})
+        clients[address] = client
         return client
 
     async def drop(self, sandbox_id: str) -> None:
-        """Close the connections to a sandbox that went away (pooled TCP ones expire by themselves)."""
-        known = self._uds.pop(sandbox_id, None)
-        if known is not None:
-            await known[1].aclose()
+        """Close the connections to a sandbox that stopped or went away."""
+        for client in self._clients.pop(sandbox_id, {}).values():
+            await client.aclose()
         for address in self._addresses.pop(sandbox_id, set()):
-            for _reader, writer in self._idle.pop(address, []):
+            for _reader, writer in self._idle.pop((sandbox_id, address), []):
                 writer.close()
 
     async def aclose(self) -> None:
@@ -123,11 +122,8 @@ class RuntimeProxy:
             for _reader, writer in idle:
                 writer.close()
         self._idle.clear()
-        for sandbox_id in list(self._uds):
+        for sandbox_id in list(self._clients):
             await self.drop(sandbox_id)
-        if self._tcp is not None:
-            await self._tcp.aclose()
-            self._tcp = None
 
     async def forward(
         self, request: Request, target: Target, path: str, on_done: Callable[[], None] = lambda: None
@@ -232,9 +228,10 @@ class RuntimeProxy:
         ep = target.endpoint
         address = ep.uds or ep.url
         self._addresses.setdefault(target.sandbox_id, set()).add(address)
+        pool = (target.sandbox_id, address)
         head = [*headers, (b"host", b"sandbox")]
         for attempt in (0, 1):
-            idle = self._idle.get(address)
+            idle = self._idle.get(pool) if attempt == 0 else None
             reused = bool(idle)
             reader, writer = idle.pop() if idle else await self._connect(target)
             conn = h11.Connection(h11.CLIENT)
@@ -256,8 +253,11 @@ class RuntimeProxy:
                     break
             except (OSError, h11.ProtocolError) as exc:
                 writer.close()
-                # A kept-alive connection the server closed meanwhile: nothing of ours was processed.
+                # A kept-alive connection the server closed meanwhile: nothing of ours was processed. Its
+                # idle siblings are as old: the retry makes a fresh connection, and they go.
                 if reused and not received and attempt == 0:
+                    for _reader, stale in self._idle.pop(pool, []):
+                        stale.close()
                     continue
                 raise ApiError(
                     "sandbox_unreachable", f"sandbox {target.sandbox_id}: its runtime server did not answer ({exc!r})"
@@ -283,7 +283,7 @@ class RuntimeProxy:
             except BaseException:
                 writer.close()
                 raise
-            idle = self._idle.setdefault(address, [])
+            idle = self._idle.setdefault(pool, [])
             if (conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[0]
                     and len(idle) < _IDLE_PER_SANDBOX):
                 idle.append((reader, writer))

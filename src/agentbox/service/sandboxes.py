@@ -167,8 +167,9 @@ class SandboxManager:
         self._activity_written: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.events = EventHub()
-        #: Called when a sandbox is gone or dead (the proxy closes its connections to it).
-        self.on_forget: Callable[[str], None] = lambda sandbox_id: None
+        #: Called when a sandbox stops, is gone or dead: the proxy closes its connections to it (a restarted
+        #: sandbox can be at the same address, where an old connection would meet nobody).
+        self.drop_connections: Callable[[str], None] = lambda sandbox_id: None
         self.lifecycle = Lifecycle(self._expire_idle, self._expire_lifetime)
         self._oom: set[str] = set()
         self._watcher = EngineWatcher(backend, {SERVICE: service_id}, self._on_engine_event)
@@ -388,7 +389,7 @@ class SandboxManager:
             await self._call(self.backend.remove, cid, purge_volumes=purge_volumes)
 
     def _forget(self, sandbox_id: str) -> None:
-        self.on_forget(sandbox_id)
+        self.drop_connections(sandbox_id)
         self.lifecycle.forget(sandbox_id)
         self._targets.pop(sandbox_id, None)
         self._endpoints.pop(sandbox_id, None)
@@ -419,6 +420,7 @@ class SandboxManager:
                     await self._call(self.backend.resume, cid)
                     new = "running"
                 elif action == "resume":
+                    self.drop_connections(row.id)  # whatever was kept from before it stopped
                     config = SandboxConfig.model_validate(row.config)
                     # The server deleted its key file when it first read it: hand the key over again.
                     endpoint = await self._call(
@@ -431,6 +433,7 @@ class SandboxManager:
                         await self._call(self.backend.resume, cid)
                     await self._call(self.backend.stop, cid)
                     self._endpoints.pop(row.id, None)
+                    self.drop_connections(row.id)
                     new = "stopped"
             except AgentboxError as exc:
                 raise from_agentbox_error(exc).with_sandbox(row.id) from None
