@@ -681,8 +681,13 @@ class ShellManager:
         self._commands: OrderedDict[str, ShellCommand] = OrderedDict()
 
     def start(self) -> None:
-        """Create the ``default`` session."""
-        self.create(SessionCreate(name="default"))
+        """Create the ``default`` session.
+
+        Without the request and answer models of :meth:`create`: building a model's validator the first
+        time (pydantic defers it) costs ~15 ms, which here would delay the ready line; the first command
+        path's models are built right after it instead (``app.warm_up``).
+        """
+        self._open("default", None, {})
 
     def create(self, req: SessionCreate) -> SessionInfo:
         """Create and start a named session."""
@@ -691,10 +696,13 @@ class ShellManager:
         cwd = None
         if req.cwd is not None:
             cwd = os.path.normpath(os.path.join(self.cwd_of("default"), os.path.expanduser(req.cwd)))
-        session = ShellSession(req.name, self._settings, self._reaper, cwd=cwd, env=req.env, register=self._register)
+        return self._open(req.name, cwd, req.env).info()
+
+    def _open(self, name: str, cwd: str | None, env: Mapping[str, str]) -> ShellSession:
+        session = ShellSession(name, self._settings, self._reaper, cwd=cwd, env=env, register=self._register)
         session.start()
-        self._sessions[req.name] = session
-        return session.info()
+        self._sessions[name] = session
+        return session
 
     def get(self, name: str) -> ShellSession:
         """The session called ``name``."""
