@@ -109,8 +109,7 @@ class SandboxConfig(BaseModel):
     )
     runtime_binding_address: str = Field(
         "127.0.0.1",
-        description="Host address the runtime server is reachable on (reference runtime: 0.0.0.0); on a "
-        "local engine a loopback address publishes nothing: the host reaches the sandbox's bridge address.",
+        description="Host address the runtime server's port is published on (reference runtime: 0.0.0.0).",
         json_schema_extra=_form("an IP address, e.g. 127.0.0.1 or 0.0.0.0"),
     )
     use_host_network: bool = Field(

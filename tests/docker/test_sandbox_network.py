@@ -61,28 +61,14 @@ def ip_on(docker_client: Any, container_id: str, network: str) -> str:
     return str(docker_client.api.inspect_container(container_id)["NetworkSettings"]["Networks"][network]["IPAddress"])
 
 
-def test_a_loopback_bound_server_is_not_published_where_the_host_reaches_its_bridge(
-    sandboxes: Callable[..., Any], docker_client: Any
-) -> None:
+def test_the_server_port_is_published_on_loopback_only(sandboxes: Callable[..., Any], docker_client: Any) -> None:
     sb = sandboxes()
-    attrs = docker_client.api.inspect_container(sb.container_id)
-    ports = attrs["NetworkSettings"]["Ports"] or {}
-    if in_a_container():  # from a container, a control network is used and the port stays on loopback
-        assert all(b["HostIp"] == "127.0.0.1" for bs in ports.values() for b in bs or [])
-    else:
-        # Only this machine may reach it (runtime_binding_address=127.0.0.1): on a local engine that
-        # holds without a published port at all (no docker-proxy), at the sandbox's bridge address.
-        assert not any(ports.values()), ports
-        assert sb.url == f"http://{ip_on(docker_client, sb.container_id, DEFAULT_NETWORK)}:{SERVER_PORT}"
-    assert sb.client.alive().status == "ok"
-
-
-def test_a_wider_binding_address_is_published_as_asked(sandboxes: Callable[..., Any], docker_client: Any) -> None:
-    sb = sandboxes(runtime_binding_address="0.0.0.0")
-    bindings = docker_client.api.inspect_container(sb.container_id)["NetworkSettings"]["Ports"][f"{SERVER_PORT}/tcp"]
-    assert {b["HostIp"] for b in bindings} <= {"0.0.0.0", "::"} and bindings, bindings
-    if not in_a_container():
+    ports = docker_client.api.inspect_container(sb.container_id)["NetworkSettings"]["Ports"]
+    bindings = ports[f"{SERVER_PORT}/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    if not in_a_container():  # from a container, the loopback port is out of reach: a control network is used
         assert sb.url == f"http://127.0.0.1:{bindings[0]['HostPort']}"
+    assert all(b["HostIp"] == "127.0.0.1" for bs in ports.values() for b in bs or [])
     assert sb.client.alive().status == "ok"
 
 
@@ -100,7 +86,7 @@ def test_a_sidecar_on_an_additional_network_answers_by_name_from_the_first_comma
     # The very first command: the network was joined before the container started.
     first = sb.run(f"python3 -c \"import urllib.request as u; print(u.urlopen('http://{name}:8080/').status)\"")
     assert first.output.strip().splitlines()[-1] == "200", first.output
-    # and its primary network is still the agentbox one
+    # and the sandbox is still only published on loopback, its primary network the agentbox one
     attrs = docker_client.api.inspect_container(sb.container_id)
     assert set(attrs["NetworkSettings"]["Networks"]) == {DEFAULT_NETWORK, net1}
 

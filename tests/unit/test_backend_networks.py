@@ -16,7 +16,7 @@ from agentbox.backends.docker import DockerBackend, NetworkRef, resolve_network_
 from agentbox.backends.docker.endpoints import Placement, choose_endpoint, placement_of, url
 from agentbox.backends.docker.lifecycle import secrets_tar
 from agentbox.backends.labels import LABELS
-from agentbox.backends.spec import DEFAULT_NETWORK, ContainerSpec
+from agentbox.backends.spec import ContainerSpec
 from agentbox.backends.state import SandboxRecord, StateStore
 from agentbox.errors import ConfigError, NetworkNotFoundError, SandboxError
 
@@ -138,45 +138,9 @@ def test_endpoint_of_a_host_network_sandbox_comes_from_its_ready_line_or_record(
         choose_endpoint(placement)
 
 
-def test_endpoint_of_an_unpublished_sandbox_is_its_address_on_its_primary_network() -> None:
-    # A loopback-bound server on a local engine is not published: the host routes to its bridge.
-    placement = Placement("agentbox-net", [], {"side": "172.22.0.9", "agentbox-net": "172.20.0.2"}, 49983)
-    assert (choose_endpoint(placement).url, choose_endpoint(placement).via) == ("http://172.20.0.2:49983", "network")
-
-
 def test_endpoint_without_any_way_in_says_so() -> None:
     with pytest.raises(SandboxError, match="not published"):
-        choose_endpoint(Placement("agentbox-net", [], {"side": "172.22.0.9"}, 49983))
-
-
-def _routing_backend(*, shares_files: bool, routes: bool) -> DockerBackend:
-    b = DockerBackend(client=NO_ENGINE)
-    b._facts.get("shares-files", lambda: shares_files)
-    b._facts.get(f"routes-to:{DEFAULT_NETWORK}", lambda: routes)
-    return b
-
-
-def test_the_server_port_is_published_unless_loopback_on_a_bridge_this_host_routes_to() -> None:
-    from dataclasses import replace
-
-    from agentbox.backends.spec import SERVER_PORT, PortSpec, spec_from_config
-    from agentbox.config import SandboxConfig
-
-    def spec(**settings: Any) -> ContainerSpec:
-        return spec_from_config(SandboxConfig(**settings), image="img", sandbox_id="abc123",
-                                labels={LABELS.SANDBOX: "abc123"})
-
-    local = _routing_backend(shares_files=True, routes=True)
-    assert local._unpublished(spec()).ports == ()
-    assert local._unpublished(spec(runtime_binding_address="::1")).ports == ()
-    # Asked for more than this machine, or the host cannot reach the bridge: published as configured.
-    wide = local._unpublished(spec(runtime_binding_address="0.0.0.0")).ports
-    assert wide == (PortSpec(SERVER_PORT, "0.0.0.0"),)
-    assert _routing_backend(shares_files=False, routes=True)._unpublished(spec()).ports != ()
-    assert _routing_backend(shares_files=True, routes=False)._unpublished(spec()).ports != ()
-    # Behind an egress gateway, the gateway decides how the server is reached.
-    policy = replace(spec(), egress=())
-    assert local._unpublished(policy).ports == policy.ports
+        choose_endpoint(Placement("agentbox-net", [], {"agentbox-net": "172.20.0.2"}, 49983))
 
 
 INSPECT = {

@@ -67,9 +67,8 @@ class Endpoint:
     """Base URL of the runtime server, e.g. ``http://127.0.0.1:32768`` (``http://sandbox`` over ``uds``)."""
     via: Literal["published", "network", "host", "unix", "service"]
     """``published``: a host port Docker published; ``network``: the sandbox's IP on a Docker network
-    shared with this (containerised) process, or on a local engine's bridge this host routes to;
-    ``host``: the host network namespace; ``unix``: a Unix socket in a host directory mounted into a
-    sandbox without network (``uds``)."""
+    shared with this (containerised) process; ``host``: the host network namespace; ``unix``: a Unix
+    socket in a host directory mounted into a sandbox without network (``uds``)."""
     uds: str | None = None
     """Host path of the server's Unix domain socket (``via="unix"``); None over TCP."""
 

@@ -67,10 +67,10 @@ class RuntimeProxy:
     """The HTTP clients to runtime servers (keep-alive), and the forwarding itself.
 
     Each sandbox gets a client (a connection pool) of its own, and so do the kept-alive connections of
-    the h11 path: a sandbox's address can be another's later (a local engine reuses bridge addresses, and
-    a restarted sandbox is reached at the same one), and a connection to a container that went away gets
-    no answer at all, so connections must never outlive what they were made for. :meth:`drop` closes
-    them when the sandbox stops or goes. Making an httpx client costs 20-40 ms, nearly all of it loading
+    the h11 path: a sandbox's address can be another's later (an engine reuses bridge addresses, which
+    OpenHands runtimes and network-less sandboxes are reached at, and a restarted one is reached at the
+    same one), and a connection to a container that went away gets no answer at all, so connections must
+    never outlive what they were made for. :meth:`drop` closes them when the sandbox stops or goes. Making an httpx client costs 20-40 ms, nearly all of it loading
     CA certificates, so one SSL context (never used: sandboxes speak plain HTTP) is shared.
     """
 

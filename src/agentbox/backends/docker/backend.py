@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -57,7 +56,6 @@ from agentbox.backends.spec import (
     DEFAULT_NETWORK,
     FOREIGN_SERVER_LABEL,
     NONE_NETWORK,
-    SERVER_PORT,
     ContainerSpec,
     with_server_volume,
 )
@@ -249,40 +247,6 @@ class DockerBackend(Backend):
 
         return bool(self._facts.get("shares-files", ask))
 
-    def _routes_to(self, network: str) -> bool:
-        """True when this process reaches containers on ``network`` at their own addresses: a bridge
-        network whose bridge interface is in this network namespace (not an engine in another one)."""
-
-        def ask() -> bool:
-            with engine_errors(f"inspecting network {network}"):
-                attrs = self.api.inspect_network(network)
-            if attrs.get("Driver") != "bridge":
-                return False  # macvlan, ipvlan, overlay: the host has no route of its own
-            options = attrs.get("Options") or {}
-            default = "docker0" if attrs.get("Name") == "bridge" else f"br-{str(attrs.get('Id', ''))[:12]}"
-            return os.path.isdir(f"/sys/class/net/{options.get('com.docker.network.bridge.name') or default}")
-
-        return bool(self._facts.get(f"routes-to:{network}", ask))
-
-    def _unpublished(self, spec: ContainerSpec) -> ContainerSpec:
-        """``spec`` without its server port published, where publishing it on loopback buys nothing.
-
-        ``runtime_binding_address`` on loopback means only this machine may reach the server. On a local
-        engine whose bridge is in this network namespace that holds without publishing anything: the
-        host reaches the sandbox at its address on its network, which no other machine can (the engine
-        forwards only published ports) and no other sandbox can (icc is off). Publishing would start a
-        docker-proxy per sandbox and cost each start ~10 ms and each removal ~60 ms. A wider binding
-        address (0.0.0.0, an interface) is published as asked, as is anything behind an egress gateway.
-        """
-        if spec.network_mode != "bridge" or not spec.networks or spec.has_policy or spec.foreign_server:
-            return spec
-        server = [p for p in spec.ports if p.container_port == SERVER_PORT]
-        if not server or not all(ipaddress.ip_address(p.host_ip).is_loopback for p in server):
-            return spec
-        if not self._shares_files() or not self._routes_to(spec.networks[0]):
-            return spec
-        return replace(spec, ports=tuple(p for p in spec.ports if p not in server))
-
     def _with_key_dir(self, spec: ContainerSpec) -> ContainerSpec:
         """``spec`` with a key directory mounted at its /run/agentbox, where that is safe and pays.
 
@@ -401,7 +365,7 @@ class DockerBackend(Backend):
         try:
             placed, networks = self._place(spec)
             placed = self._behind_gateway(placed)
-            placed = self._unpublished(self._with_key_dir(placed))
+            placed = self._with_key_dir(placed)
             try:
                 container_id = lifecycle.create_container(self.api, placed)
             except NetworkNotFoundError:

@@ -126,9 +126,6 @@ def choose_endpoint(
     for host_ip, host_port, container_port in placement.published:
         if container_port == placement.server_port:
             return Endpoint(url(host_ip, host_port), "published")
-    if placement.network_mode in placement.addresses:
-        # A loopback-bound server on a local engine is not published: the host reaches it on its bridge.
-        return Endpoint(url(placement.addresses[placement.network_mode], placement.server_port), "network")
     if NONE_NETWORK in placement.addresses:
         # Internal networks publish nothing; the host reaches the sandbox on the bridge itself.
         return Endpoint(url(placement.addresses[NONE_NETWORK], placement.server_port), "network")
