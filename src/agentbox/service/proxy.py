@@ -70,8 +70,9 @@ class RuntimeProxy:
     the h11 path: a sandbox's address can be another's later (an engine reuses bridge addresses, which
     OpenHands runtimes and network-less sandboxes are reached at, and a restarted one is reached at the
     same one), and a connection to a container that went away gets no answer at all, so connections must
-    never outlive what they were made for. :meth:`drop` closes them when the sandbox stops or goes. Making an httpx client costs 20-40 ms, nearly all of it loading
-    CA certificates, so one SSL context (never used: sandboxes speak plain HTTP) is shared.
+    never outlive what they were made for. :meth:`drop` closes them when the sandbox stops or goes.
+    Making an httpx client costs 20-40 ms, nearly all of it loading CA certificates, so one SSL context
+    (never used: sandboxes speak plain HTTP) is shared.
     """
 
     def __init__(self) -> None:
