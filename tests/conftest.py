@@ -2,6 +2,8 @@
 
 Sandboxes share ``agentbox-net`` (and, for some ``network="none"`` cases, ``agentbox-none``) and agentbox keeps
 them between sandboxes on purpose. A test run that brought them into existence should not leave them behind.
+Nor session-key directories (``/run/agentbox/keys/<id>``): suites sweep their containers by label at the end,
+behind the backend's back, so the directories of sandboxes no longer on the engine go here.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from docker.errors import APIError
 
     try:
+        _sweep_key_dirs(client)
         for net in client.networks.list(filters=MANAGED):
             if net.id in _before:
                 continue
@@ -55,3 +58,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                     net.remove()
     finally:
         client.close()
+
+
+def _sweep_key_dirs(client: Any) -> None:
+    from agentbox.backends.docker.keydirs import KeyDirs
+    from agentbox.backends.labels import LABELS
+    from agentbox.backends.state import key_dirs
+
+    root = key_dirs()
+    if root is None:
+        return
+    keys = KeyDirs(root)
+    entries = keys.candidates()
+    if entries:
+        listed = client.api.containers(all=True, filters={"label": LABELS.SANDBOX})
+        present = {c["Labels"].get(LABELS.SANDBOX) for c in listed}
+        # A few seconds of grace: another process's sandbox may be between its directory and its container.
+        keys.sweep(entries, present, grace=10)

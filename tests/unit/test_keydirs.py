@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -121,3 +122,23 @@ def test_only_a_sandbox_on_an_engine_sharing_this_hosts_files_gets_a_key_directo
 
     off = DockerBackend(client=NO_ENGINE, keys=tmp_path / "k2" / "agentbox" / "keys", mount_keys=False)
     assert off.keys is None and off._with_key_dir(spec).key_dir is None
+
+
+def test_a_backend_sweeps_forgotten_key_directories_in_the_background_once_in_a_while(tmp_path: Path) -> None:
+    b = _backend(tmp_path, shares_files=True)
+    keys = b.keys
+    assert keys is not None
+    forgotten, live = keys.make("gone01"), keys.make("here01")
+    settled = time.time() - 3600
+    for path in (forgotten, live):
+        os.utime(path, (settled, settled))
+    b.present_ids = lambda: {"here01"}  # type: ignore[method-assign]
+    b._with_key_dir(_spec())  # the first create of a backend sweeps
+    for thread in threading.enumerate():
+        if thread.name == "agentbox-key-sweep":
+            thread.join(10)
+    assert not forgotten.exists() and live.exists()
+    again = keys.make("gone02")
+    os.utime(again, (settled, settled))
+    b._with_key_dir(_spec())  # not again so soon
+    assert again.exists()

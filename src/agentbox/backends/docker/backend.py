@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -109,6 +110,10 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+#: Seconds between two background sweeps of forgotten key directories (per backend instance).
+KEY_SWEEP_INTERVAL = 300.0
+
+
 class DockerBackend(Backend):
     """Sandboxes as containers on one Docker engine; one instance (and one client) serves many sandboxes.
 
@@ -137,6 +142,7 @@ class DockerBackend(Backend):
         self.keys = KeyDirs(keys) if mount_keys and keys is not None else None
         # Key directories of the containers this instance created (a restart reads the label instead).
         self._key_dirs: dict[str, str] = {}
+        self._keys_swept_at = -KEY_SWEEP_INTERVAL
         self.networks = Networks(lambda: self.api)
         self.egress = Egress(lambda: self.api)
         self.default_network = default_network
@@ -262,7 +268,26 @@ class DockerBackend(Backend):
             return spec
         if not self._shares_files():
             return spec
+        self._sweep_keys_now_and_then()
         return self.keys.place(spec, sandbox_id)
+
+    def _sweep_keys_now_and_then(self) -> None:
+        """Remove, in the background and at most every :data:`KEY_SWEEP_INTERVAL`, the key directories
+        whose sandbox is gone without :meth:`remove` (``docker rm``, a crash, a sweep by label): nothing
+        else would, short of ``agentbox reap``. Never on the create's path; a failure waits for next time."""
+        now = time.monotonic()
+        if now - self._keys_swept_at < KEY_SWEEP_INTERVAL:
+            return
+        self._keys_swept_at = now
+        keys = self.keys
+
+        def sweep() -> None:
+            with contextlib.suppress(Exception):
+                entries = keys.candidates() if keys is not None else []
+                if keys is not None and entries:
+                    keys.sweep(entries, self.present_ids())
+
+        threading.Thread(target=sweep, name="agentbox-key-sweep", daemon=True).start()
 
     # -- networks ------------------------------------------------------------------------------------------
 

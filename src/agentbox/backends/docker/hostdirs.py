@@ -80,12 +80,12 @@ class SandboxDirs:
         except OSError:
             return []
 
-    def sweep(self, entries: list[Path], present: Container[str | None]) -> None:
+    def sweep(self, entries: list[Path], present: Container[str | None], *, grace: float = DIR_GRACE) -> None:
         """Remove those of ``entries`` whose sandbox is not ``present`` (e.g. after a crash between create
-        and cleanup, or a container removed with ``docker rm``), once they are older than the grace time."""
+        and cleanup, or a container removed with ``docker rm``), once they are older than ``grace`` s."""
         # A directory is made just before its container: a young one may belong to a sandbox being
         # created right now, whose container the listing could not show yet.
-        settled = time.time() - DIR_GRACE
+        settled = time.time() - grace
         for path in entries:
             if path.name not in present:
                 with contextlib.suppress(OSError):
