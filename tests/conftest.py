@@ -2,8 +2,8 @@
 
 Sandboxes share ``agentbox-net`` (and, for some ``network="none"`` cases, ``agentbox-none``) and agentbox keeps
 them between sandboxes on purpose. A test run that brought them into existence should not leave them behind.
-Nor session-key directories (``/run/agentbox/keys/<id>``): suites sweep their containers by label at the end,
-behind the backend's back, so the directories of sandboxes no longer on the engine go here.
+Nor session-key and socket directories (``/run/agentbox/{keys,sockets}/<id>``): suites sweep their containers
+by label at the end, behind the backend's back, so the directories of sandboxes no longer on the engine go here.
 """
 
 from __future__ import annotations
@@ -62,16 +62,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def _sweep_key_dirs(client: Any) -> None:
     from agentbox.backends.docker.keydirs import KeyDirs
+    from agentbox.backends.docker.sockets import SocketDirs
     from agentbox.backends.labels import LABELS
-    from agentbox.backends.state import key_dirs
+    from agentbox.backends.state import key_dirs, sockets_dir
 
     root = key_dirs()
-    if root is None:
-        return
-    keys = KeyDirs(root)
-    entries = keys.candidates()
-    if entries:
+    kinds = [SocketDirs(sockets_dir()), *([KeyDirs(root)] if root is not None else [])]
+    found = [(dirs, dirs.candidates()) for dirs in kinds]
+    if any(entries for _, entries in found):
         listed = client.api.containers(all=True, filters={"label": LABELS.SANDBOX})
         present = {c["Labels"].get(LABELS.SANDBOX) for c in listed}
         # A few seconds of grace: another process's sandbox may be between its directory and its container.
-        keys.sweep(entries, present, grace=10)
+        for dirs, entries in found:
+            dirs.sweep(entries, present, grace=10)

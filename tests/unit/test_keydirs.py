@@ -104,7 +104,7 @@ def test_sweep_removes_settled_directories_of_gone_sandboxes_only(tmp_path: Path
 
 
 def _backend(tmp_path: Path, *, shares_files: bool) -> DockerBackend:
-    b = DockerBackend(client=NO_ENGINE, keys=tmp_path / "agentbox" / "keys")
+    b = DockerBackend(client=NO_ENGINE, keys=tmp_path / "agentbox" / "keys", sockets=tmp_path / "agentbox" / "sockets")
     b._facts.get("shares-files", lambda: shares_files)  # as if asked: the engine does (not) share our files
     return b
 
@@ -124,20 +124,21 @@ def test_only_a_sandbox_on_an_engine_sharing_this_hosts_files_gets_a_key_directo
     assert off.keys is None and off._with_key_dir(spec).key_dir is None
 
 
-def test_a_backend_sweeps_forgotten_key_directories_in_the_background_once_in_a_while(tmp_path: Path) -> None:
+def test_a_backend_sweeps_forgotten_key_and_socket_directories_now_and_then(tmp_path: Path) -> None:
     b = _backend(tmp_path, shares_files=True)
     keys = b.keys
     assert keys is not None
     forgotten, live = keys.make("gone01"), keys.make("here01")
+    socket_dir = b.sockets.make("gone03")  # a network-less sandbox's, gone the same way
     settled = time.time() - 3600
-    for path in (forgotten, live):
+    for path in (forgotten, live, socket_dir):
         os.utime(path, (settled, settled))
     b.present_ids = lambda: {"here01"}  # type: ignore[method-assign]
     b._with_key_dir(_spec())  # the first create of a backend sweeps
     for thread in threading.enumerate():
         if thread.name == "agentbox-key-sweep":
             thread.join(10)
-    assert not forgotten.exists() and live.exists()
+    assert not forgotten.exists() and not socket_dir.exists() and live.exists()
     again = keys.make("gone02")
     os.utime(again, (settled, settled))
     b._with_key_dir(_spec())  # not again so soon

@@ -110,7 +110,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-#: Seconds between two background sweeps of forgotten key directories (per backend instance).
+#: Seconds between two background sweeps of forgotten key and socket directories (per backend instance).
 KEY_SWEEP_INTERVAL = 300.0
 
 
@@ -268,24 +268,27 @@ class DockerBackend(Backend):
             return spec
         if not self._shares_files():
             return spec
-        self._sweep_keys_now_and_then()
+        self._sweep_dirs_now_and_then()
         return self.keys.place(spec, sandbox_id)
 
-    def _sweep_keys_now_and_then(self) -> None:
-        """Remove, in the background and at most every :data:`KEY_SWEEP_INTERVAL`, the key directories
-        whose sandbox is gone without :meth:`remove` (``docker rm``, a crash, a sweep by label): nothing
-        else would, short of ``agentbox reap``. Never on the create's path; a failure waits for next time."""
+    def _sweep_dirs_now_and_then(self) -> None:
+        """Remove, in the background and at most every :data:`KEY_SWEEP_INTERVAL`, the key and socket
+        directories whose sandbox is gone without :meth:`remove` (``docker rm``, a crash, a sweep by
+        label): nothing else would, short of ``agentbox reap``. Never on the create's path; a failure waits
+        for next time."""
         now = time.monotonic()
         if now - self._keys_swept_at < KEY_SWEEP_INTERVAL:
             return
         self._keys_swept_at = now
-        keys = self.keys
+        kinds = [dirs for dirs in (self.keys, self.sockets) if dirs is not None]
 
         def sweep() -> None:
             with contextlib.suppress(Exception):
-                entries = keys.candidates() if keys is not None else []
-                if keys is not None and entries:
-                    keys.sweep(entries, self.present_ids())
+                found = [(dirs, dirs.candidates()) for dirs in kinds]
+                if any(entries for _, entries in found):
+                    present = self.present_ids()
+                    for dirs, entries in found:
+                        dirs.sweep(entries, present)
 
         threading.Thread(target=sweep, name="agentbox-key-sweep", daemon=True).start()
 
