@@ -47,7 +47,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from docker.errors import APIError
 
     try:
-        _sweep_key_dirs(client)
+        _sweep_dirs(client)
         for net in client.networks.list(filters=MANAGED):
             if net.id in _before:
                 continue
@@ -60,18 +60,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         client.close()
 
 
-def _sweep_key_dirs(client: Any) -> None:
-    from agentbox.backends.docker.keydirs import KeyDirs
-    from agentbox.backends.docker.sockets import SocketDirs
-    from agentbox.backends.labels import LABELS
-    from agentbox.backends.state import key_dirs, sockets_dir
+def _sweep_dirs(client: Any) -> None:
+    from agentbox.backends.docker import DockerBackend
 
-    root = key_dirs()
-    kinds = [SocketDirs(sockets_dir()), *([KeyDirs(root)] if root is not None else [])]
-    found = [(dirs, dirs.candidates()) for dirs in kinds]
-    if any(entries for _, entries in found):
-        listed = client.api.containers(all=True, filters={"label": LABELS.SANDBOX})
-        present = {c["Labels"].get(LABELS.SANDBOX) for c in listed}
-        # A few seconds of grace: another process's sandbox may be between its directory and its container.
-        for dirs, entries in found:
-            dirs.sweep(entries, present, grace=10)
+    # A few seconds of grace: another process's sandbox may be between its directory and its container.
+    DockerBackend(client=client).sweep_dirs(grace=10)

@@ -87,6 +87,10 @@ def test_a_key_directory_is_only_owned_and_removed_where_agentbox_makes_them(tmp
     assert victim.exists() and sockets.exists()
     own = keys.make("abc123")
     assert keys.owns(str(own), "abc123") and not keys.owns(str(own), "other1")
+    # A key is only ever written into this root's own directory, never one of the same form elsewhere.
+    elsewhere = tmp_path / "other" / "agentbox" / "keys" / "abc123"
+    assert keys.made_here(str(own), "abc123") and keys.owns(str(elsewhere), "abc123")
+    assert not keys.made_here(str(elsewhere), "abc123") and not keys.made_here(str(own), "other1")
     keys.remove(str(own), "abc123")
     assert not own.exists()
     with pytest.raises(SandboxError, match="invalid sandbox id"):
@@ -134,12 +138,12 @@ def test_a_backend_sweeps_forgotten_key_and_socket_directories_now_and_then(tmp_
     for path in (forgotten, live, socket_dir):
         os.utime(path, (settled, settled))
     b.present_ids = lambda: {"here01"}  # type: ignore[method-assign]
-    b._with_key_dir(_spec())  # the first create of a backend sweeps
+    b._sweep_dirs_now_and_then()  # what a backend's first create with a key directory calls
     for thread in threading.enumerate():
         if thread.name == "agentbox-key-sweep":
             thread.join(10)
     assert not forgotten.exists() and not socket_dir.exists() and live.exists()
     again = keys.make("gone02")
     os.utime(again, (settled, settled))
-    b._with_key_dir(_spec())  # not again so soon
+    b._sweep_dirs_now_and_then()  # not again so soon
     assert again.exists()

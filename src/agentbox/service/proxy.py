@@ -79,9 +79,8 @@ class RuntimeProxy:
         self._ssl: ssl.SSLContext | None = None
         # sandbox id -> the address a client connects to (the server's URL or socket, an app port) -> it
         self._clients: dict[str, dict[str, httpx.AsyncClient]] = {}
-        # Idle kept-alive connections of the h11 path, per (sandbox id, runtime server address).
-        self._idle: dict[tuple[str, str], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-        self._addresses: dict[str, set[str]] = {}
+        # Idle kept-alive connections of the h11 path: sandbox id -> runtime server address -> them.
+        self._idle: dict[str, dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]] = {}
 
     def _new_client(self, transport_args: dict[str, Any]) -> httpx.AsyncClient:
         if self._ssl is None:
@@ -113,17 +112,13 @@ class RuntimeProxy:
         """Close the connections to a sandbox that stopped or went away."""
         for client in self._clients.pop(sandbox_id, {}).values():
             await client.aclose()
-        for address in self._addresses.pop(sandbox_id, set()):
-            for _reader, writer in self._idle.pop((sandbox_id, address), []):
+        for idle in self._idle.pop(sandbox_id, {}).values():
+            for _reader, writer in idle:
                 writer.close()
 
     async def aclose(self) -> None:
         """Close every connection."""
-        for idle in self._idle.values():
-            for _reader, writer in idle:
-                writer.close()
-        self._idle.clear()
-        for sandbox_id in list(self._clients):
+        for sandbox_id in {*self._clients, *self._idle}:
             await self.drop(sandbox_id)
 
     async def forward(
@@ -228,11 +223,10 @@ class RuntimeProxy:
         whole runtime server takes to answer ``echo``. The answer streams back like httpx's would."""
         ep = target.endpoint
         address = ep.uds or ep.url
-        self._addresses.setdefault(target.sandbox_id, set()).add(address)
-        pool = (target.sandbox_id, address)
+        pools = self._idle.setdefault(target.sandbox_id, {})
         head = [*headers, (b"host", b"sandbox")]
         for attempt in (0, 1):
-            idle = self._idle.get(pool) if attempt == 0 else None
+            idle = pools.get(address) if attempt == 0 else None
             reused = bool(idle)
             reader, writer = idle.pop() if idle else await self._connect(target)
             conn = h11.Connection(h11.CLIENT)
@@ -257,7 +251,7 @@ class RuntimeProxy:
                 # A kept-alive connection the server closed meanwhile: nothing of ours was processed. Its
                 # idle siblings are as old: the retry makes a fresh connection, and they go.
                 if reused and not received and attempt == 0:
-                    for _reader, stale in self._idle.pop(pool, []):
+                    for _reader, stale in pools.pop(address, []):
                         stale.close()
                     continue
                 raise ApiError(
@@ -284,7 +278,7 @@ class RuntimeProxy:
             except BaseException:
                 writer.close()
                 raise
-            idle = self._idle.setdefault(pool, [])
+            idle = self._idle.setdefault(target.sandbox_id, {}).setdefault(address, [])
             if (conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[0]
                     and len(idle) < _IDLE_PER_SANDBOX):
                 idle.append((reader, writer))

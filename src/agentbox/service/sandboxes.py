@@ -420,7 +420,6 @@ class SandboxManager:
                     await self._call(self.backend.resume, cid)
                     new = "running"
                 elif action == "resume":
-                    self.drop_connections(row.id)  # whatever was kept from before it stopped
                     config = SandboxConfig.model_validate(row.config)
                     # The server deleted its key file when it first read it: hand the key over again.
                     endpoint = await self._call(

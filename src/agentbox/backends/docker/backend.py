@@ -39,6 +39,7 @@ from agentbox.backends.docker.egress import LABEL_GATEWAY, Egress
 from agentbox.backends.docker.endpoints import Placement, choose_endpoint, placement_of
 from agentbox.backends.docker.errors import engine_errors
 from agentbox.backends.docker.events import container_events
+from agentbox.backends.docker.hostdirs import DIR_GRACE
 from agentbox.backends.docker.keydirs import KeyDirs
 from agentbox.backends.docker.networks import (
     ROLE_DEFAULT,
@@ -268,27 +269,28 @@ class DockerBackend(Backend):
             return spec
         if not self._shares_files():
             return spec
-        self._sweep_dirs_now_and_then()
         return self.keys.place(spec, sandbox_id)
 
+    def sweep_dirs(self, *, grace: float = DIR_GRACE) -> None:
+        """Remove the socket and key directories whose sandbox is no longer on the engine (removed without
+        :meth:`remove`: ``docker rm``, a crash, a sweep by label) and older than ``grace`` seconds."""
+        found = [(dirs, dirs.candidates()) for dirs in (self.sockets, self.keys) if dirs is not None]
+        if any(entries for _, entries in found):
+            present = self.present_ids()
+            for dirs, entries in found:
+                dirs.sweep(entries, present, grace=grace)
+
     def _sweep_dirs_now_and_then(self) -> None:
-        """Remove, in the background and at most every :data:`KEY_SWEEP_INTERVAL`, the key and socket
-        directories whose sandbox is gone without :meth:`remove` (``docker rm``, a crash, a sweep by
-        label): nothing else would, short of ``agentbox reap``. Never on the create's path; a failure waits
-        for next time."""
+        """:meth:`sweep_dirs` in the background, at most every :data:`KEY_SWEEP_INTERVAL`: short of
+        ``agentbox reap`` nothing else would. Never on the create's path; a failure waits for next time."""
         now = time.monotonic()
         if now - self._keys_swept_at < KEY_SWEEP_INTERVAL:
             return
         self._keys_swept_at = now
-        kinds = [dirs for dirs in (self.keys, self.sockets) if dirs is not None]
 
         def sweep() -> None:
             with contextlib.suppress(Exception):
-                found = [(dirs, dirs.candidates()) for dirs in kinds]
-                if any(entries for _, entries in found):
-                    present = self.present_ids()
-                    for dirs, entries in found:
-                        dirs.sweep(entries, present)
+                self.sweep_dirs()
 
         threading.Thread(target=sweep, name="agentbox-key-sweep", daemon=True).start()
 
@@ -394,6 +396,8 @@ class DockerBackend(Backend):
             placed, networks = self._place(spec)
             placed = self._behind_gateway(placed)
             placed = self._with_key_dir(placed)
+            if placed.key_dir:
+                self._sweep_dirs_now_and_then()
             try:
                 container_id = lifecycle.create_container(self.api, placed)
             except NetworkNotFoundError:
@@ -504,9 +508,9 @@ class DockerBackend(Backend):
         directory = self._key_dirs.get(container_id)
         if directory is None and restart and self.keys is not None:
             labels = (self._inspect(container_id).get("Config") or {}).get("Labels") or {}
-            named, sandbox_id = labels.get(LABELS.KEY_DIR), labels.get(LABELS.SANDBOX)
+            named = labels.get(LABELS.KEY_DIR)
             # A label is anyone's to write: only the very directory this host's agentbox would make.
-            if named and self.keys.owns(named, sandbox_id) and Path(named) == self.keys.path(str(sandbox_id)):
+            if self.keys.made_here(named, labels.get(LABELS.SANDBOX)):
                 directory = named
         if directory is not None and self.keys is not None:
             try:

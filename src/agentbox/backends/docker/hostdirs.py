@@ -59,6 +59,11 @@ class SandboxDirs:
             and path.parent.name == self.kind and path.parent.parent.name == "agentbox"
         )
 
+    def made_here(self, directory: str | None, sandbox_id: str | None) -> bool:
+        """True when ``directory`` is exactly the one this root holds for ``sandbox_id`` (stricter than
+        :meth:`owns`, which accepts another root's, e.g. another user's)."""
+        return bool(sandbox_id and SANDBOX_ID.match(sandbox_id)) and directory == str(self.root / str(sandbox_id))
+
     def remove(self, directory: str | None, sandbox_id: str | None) -> None:
         """Remove a sandbox's directory, named by its label, if :meth:`owns` says it is agentbox's for that
         very sandbox; anything else is left alone with a warning."""

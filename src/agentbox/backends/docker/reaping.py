@@ -38,10 +38,7 @@ def reap(backend: DockerBackend, *, dry_run: bool = False, labels: Mapping[str, 
         _forget_records(backend, host)
         backend.networks.reap_control(backend.container_running)
         backend.egress.reap(backend.present_ids())
-        for dirs in (backend.sockets, backend.keys):
-            entries = dirs.candidates() if dirs is not None else []
-            if dirs is not None and entries:
-                dirs.sweep(entries, backend.present_ids())
+        backend.sweep_dirs()
     return reaped
 
 
