@@ -62,4 +62,6 @@ def test_server_prints_its_phases_before_the_ready_line(tmp_path: Path) -> None:
     assert before - 0.02 <= phases["start"] <= after
     offsets = [phases[k] for k in ("main", "imports", "app", "ready")]
     assert offsets == sorted(offsets) and offsets[0] >= 0
-    assert phases["start"] + offsets[-1] / 1000 <= after
+    # start is printed to the millisecond and the offsets from the unrounded start: their sum may pass the
+    # real ready instant by up to 0.55 ms.
+    assert phases["start"] + offsets[-1] / 1000 <= after + 0.001
