@@ -410,9 +410,6 @@ def run(json_path: str | None = None, starts: int = 10, concurrent: tuple[int, .
         floor = bare_docker_run(image, max(5, starts // 2))
         result["docker_run_floor_s"] = _summary(floor)
         result["docker_rm_floor_s"] = _summary(bare_docker_rm(image, max(5, starts // 2)))
-        # A sandbox's server port is published on loopback: removing one also stops its docker-proxy.
-        result["docker_rm_published_floor_s"] = _summary(
-            bare_docker_rm(image, max(5, starts // 2), "--publish", "127.0.0.1::49983"))
         result.update(measure_starts(image, starts, backend))
         result.update(measure_stream_and_output(image, backend))
         for count in concurrent:

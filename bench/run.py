@@ -301,10 +301,6 @@ def build_rows(results: Mapping[str, ComponentResult], floors: Mapping[str, Any]
     rows.append(make_row("teardown, p50", "s", teardown, ratio=1.2,
                          floor=statistics.median(docker_rm) if docker_rm else None,
                          floor_note="docker rm -f", missing=why["sandbox"]))
-    docker_rm_published = samples(sandbox, "docker_rm_published_floor_s.samples")
-    rows.append(make_row("teardown, p50, beside a container with a published port", "s", teardown,
-                         floor=statistics.median(docker_rm_published) if docker_rm_published else None,
-                         floor_note="docker rm -f, -p 127.0.0.1::PORT", missing=why["sandbox"]))
 
     http_p50 = across(server, "floor_http_alive.p50_ms")
     pty_p50 = across(server, "floor_pty_builtin.p50_ms")

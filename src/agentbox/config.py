@@ -107,10 +107,13 @@ class SandboxConfig(BaseModel):
         description="uid of the sandbox user; files it creates in bind mounts belong to this uid.",
         json_schema_extra=_form("a uid, 0..2147483647 (default: your own uid)"),
     )
-    runtime_binding_address: str = Field(
-        "127.0.0.1",
-        description="Host address the runtime server's port is published on (reference runtime: 0.0.0.0).",
-        json_schema_extra=_form("an IP address, e.g. 127.0.0.1 or 0.0.0.0"),
+    runtime_binding_address: str | None = Field(
+        None,
+        description=(
+            "Host address the runtime server's port is published on (reference runtime: 0.0.0.0). Unset: "
+            "this host only (a Unix socket in a private directory on a local engine, else 127.0.0.1)."
+        ),
+        json_schema_extra=_form("an IP address, e.g. 127.0.0.1 or 0.0.0.0 (empty: this host only)"),
     )
     use_host_network: bool = Field(
         False,
@@ -242,7 +245,9 @@ class SandboxConfig(BaseModel):
 
     @field_validator("runtime_binding_address")
     @classmethod
-    def _address(cls, value: str) -> str:
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
         try:
             return str(ipaddress.ip_address(value.strip()))
         except ValueError:

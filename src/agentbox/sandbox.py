@@ -240,8 +240,9 @@ class Sandbox:
 
     @property
     def uds(self) -> str | None:
-        """Host path of the runtime server's Unix socket (``network="none"``: :attr:`url` is then only
-        a placeholder, every request goes through this socket); None when it is reached over TCP."""
+        """Host path of the runtime server's Unix socket (``network="none"``, or ``runtime_binding_address``
+        unset on a local engine: :attr:`url` is then only a placeholder, every request goes through this
+        socket); None when it is reached over TCP."""
         return self._endpoint.uds if self._endpoint is not None else None
 
     @property

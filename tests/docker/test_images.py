@@ -226,8 +226,10 @@ def test_runtime_image_serves_commands_as_the_user(bootstrap_runtime: str, sandb
     assert "hello world" in result.output
     assert "session-key" not in result.output and "env.sh" not in result.output  # both consumed
     assert lines[-1] == "0"  # passwordless sudo when not hardened
-    assert httpx.get(f"{sandbox.url}/alive").status_code == 200  # no key needed
-    assert httpx.get(f"{sandbox.url}/info", headers={API_KEY_HEADER: "wrong"}).status_code in (401, 403)
+    # Over its Unix socket when it has one (this host only), else its port.
+    with httpx.Client(base_url=sandbox.url, transport=httpx.HTTPTransport(uds=sandbox.uds)) as http:
+        assert http.get("/alive").status_code == 200  # no key needed
+        assert http.get("/info", headers={API_KEY_HEADER: "wrong"}).status_code in (401, 403)
 
     # The agent's python is the base's; the server's venv is not on PATH and is built on /usr/bin/python3.
     result = sandbox.run("command -v python3; /opt/agentbox/venv/bin/python -c 'import sys; print(sys.base_prefix)'")

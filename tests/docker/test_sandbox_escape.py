@@ -334,9 +334,10 @@ def test_a_restarted_container_waits_for_its_key_then_serves(sandboxes: Callable
         ready = logs.until(READY_LINE_PREFIX.encode())[-1]
     finally:
         logs.close()
-    assert re.search(rb"ready on http://\S+:\d+", ready), ready
-    url = sandbox.backend.endpoint(container_id).url  # its bridge address here, a published port elsewhere
-    with httpx.Client(base_url=url, headers={API_KEY_HEADER: key}) as http:
+    assert re.search(rb"ready on (http://\S+:\d+|unix:/\S+)", ready), ready
+    endpoint = sandbox.backend.endpoint(container_id)  # a socket on a local engine, a published port elsewhere
+    transport = httpx.HTTPTransport(uds=endpoint.uds)
+    with httpx.Client(base_url=endpoint.url, headers={API_KEY_HEADER: key}, transport=transport) as http:
         response = http.post("/sessions/default/run", json={"command": 'id -u; echo "$AGAIN"; ls -A /run/agentbox'})
     assert response.status_code == 200, response.text
     assert response.json()["output"].split("\n")[:2] == ["1000", "after restart"]

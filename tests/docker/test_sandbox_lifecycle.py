@@ -101,7 +101,7 @@ def test_list_logs_stop_start_and_close(sandboxes: Callable[..., Any], docker_cl
     assert info.state is SandboxState.RUNNING
     # The owner: this process locally; through the service, the token (no process owns it).
     assert info.owner_pid == (os.getpid() if sdk_mode == "local" else None)
-    assert info.url == sb.url
+    assert info.url == (f"unix:{sb.uds}" if sb.uds else sb.url)
     assert sb.id in {i.id for i in Sandbox.list(all_owners=False)}
     assert "agentbox-server ready on" in sb.logs()
     sb.stop()

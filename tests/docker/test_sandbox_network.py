@@ -15,7 +15,7 @@ import pytest
 
 from agentbox.backends.labels import LABELS
 from agentbox.backends.spec import DEFAULT_NETWORK, SERVER_PORT
-from agentbox.errors import NetworkNotFoundError, VolumeSpecError
+from agentbox.errors import AgentboxError, NetworkNotFoundError, VolumeSpecError
 
 pytestmark = pytest.mark.docker
 
@@ -44,6 +44,23 @@ def probe(sb: Any, host: str, port: int) -> str:
     return str(result.output.strip().splitlines()[-1])
 
 
+#: A TCP port a sandbox listens on for the isolation checks (its own server may be on a Unix socket).
+LISTEN_PORT = 8000
+# Binds and listens before the command returns, then accepts in a detached child.
+LISTEN = (
+    "python3 -c \"import os,socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+    "s.bind(('0.0.0.0', {port})); s.listen(8)\n"
+    "if os.fork() == 0:\n os.setsid(); os.closerange(0, s.fileno()); os.closerange(s.fileno() + 1, 256)\n"
+    " while True: s.accept()[0].close()\n"
+    "print('listening')\""
+)
+
+
+def listen(sb: Any, port: int = LISTEN_PORT) -> None:
+    output = sb.run(LISTEN.format(port=port), timeout=30).output
+    assert output.strip().splitlines()[-1] == "listening", output
+
+
 def bridge_gateway(docker_client: Any, attrs: Any) -> str:
     """The host's address on Docker's default bridge. A running container's endpoint reports it; the
     network's IPAM config does not always (a fresh Docker 20.10 leaves ``Gateway`` out): then the first
@@ -61,8 +78,35 @@ def ip_on(docker_client: Any, container_id: str, network: str) -> str:
     return str(docker_client.api.inspect_container(container_id)["NetworkSettings"]["Networks"][network]["IPAddress"])
 
 
-def test_the_server_port_is_published_on_loopback_only(sandboxes: Callable[..., Any], docker_client: Any) -> None:
-    sb = sandboxes()
+@needs_host
+def test_by_default_the_server_is_on_a_private_socket_and_nothing_is_published(
+    sandboxes: Callable[..., Any], docker_client: Any
+) -> None:
+    sb = sandboxes(user_id=1000)
+    attrs = docker_client.api.inspect_container(sb.container_id)
+    assert attrs["NetworkSettings"]["Ports"] in ({}, None)  # no docker-proxy, no port any local user could try
+    assert attrs["NetworkSettings"]["Networks"]  # still on its network: only the way in changed
+    assert sb.uds is not None and os.path.exists(sb.uds)
+    directory = os.path.dirname(sb.uds)
+    st = os.stat(directory)
+    assert (st.st_mode & 0o777, st.st_uid) == (0o700, 1000)  # the server's (uid 1000) alone...
+    if os.geteuid() == 0:
+        parent = os.stat(os.path.dirname(directory))
+        assert (parent.st_mode & 0o777, parent.st_uid) == (0o700, 0)  # ...inside a root-only directory
+    assert sb.run("echo hi").output.strip() == "hi"
+    assert probe(sb, "127.0.0.1", SERVER_PORT).startswith("FAIL")  # the server is not on TCP at all
+    client = sb.client
+    sb.close()
+    assert not os.path.exists(directory)  # gone with its sandbox
+    with pytest.raises(AgentboxError):
+        client.alive()  # a removed sandbox's socket refuses at once (no address left to resolve)
+
+
+def test_an_explicit_binding_address_publishes_the_port_there_only(
+    sandboxes: Callable[..., Any], docker_client: Any
+) -> None:
+    sb = sandboxes(runtime_binding_address="127.0.0.1")
+    assert sb.uds is None
     ports = docker_client.api.inspect_container(sb.container_id)["NetworkSettings"]["Ports"]
     bindings = ports[f"{SERVER_PORT}/tcp"]
     assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
@@ -100,9 +144,11 @@ def test_sandboxes_on_different_networks_cannot_reach_each_other(
     c = sandboxes(network=net_a)
     b_ip = ip_on(docker_client, b.container_id, net_b)
     c_ip = ip_on(docker_client, c.container_id, net_a)
-    # positive control: on the same (agentbox-created, icc on) network, a reaches c's server port
-    assert probe(a, c_ip, SERVER_PORT) == "OK"
-    assert probe(a, b_ip, SERVER_PORT).startswith("FAIL")
+    listen(b)
+    listen(c)
+    # positive control: on the same (agentbox-created, icc on) network, a reaches c's listener
+    assert probe(a, c_ip, LISTEN_PORT) == "OK"
+    assert probe(a, b_ip, LISTEN_PORT).startswith("FAIL")
 
 
 def test_sandboxes_on_the_default_network_cannot_reach_each_other(
@@ -111,8 +157,9 @@ def test_sandboxes_on_the_default_network_cannot_reach_each_other(
     a = sandboxes()
     b = sandboxes()
     b_ip = ip_on(docker_client, b.container_id, DEFAULT_NETWORK)
-    assert probe(b, b_ip, SERVER_PORT) == "OK"  # control: the server listens there
-    assert probe(a, b_ip, SERVER_PORT).startswith("FAIL")
+    listen(b)
+    assert probe(b, b_ip, LISTEN_PORT) == "OK"  # control: b listens there
+    assert probe(a, b_ip, LISTEN_PORT).startswith("FAIL")
 
 
 @needs_host

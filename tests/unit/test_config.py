@@ -21,7 +21,7 @@ def resolve(tmp_path: Path, env: dict[str, str] | None = None, toml: str | None 
 def test_defaults(tmp_path: Path) -> None:
     resolved = resolve(tmp_path)
     config = resolved.config
-    assert config.runtime_binding_address == "127.0.0.1"
+    assert config.runtime_binding_address is None  # this host only: a socket, or a port on 127.0.0.1
     assert config.timeout == 120
     assert config.base_container_image == DEFAULT_BASE_IMAGE
     assert config.user_id == os.getuid()

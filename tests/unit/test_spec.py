@@ -56,8 +56,33 @@ def test_no_secret_or_environment_reaches_the_container_config() -> None:
 
 
 def test_binding_address_is_honoured() -> None:
-    args = to_docker_args(make(SandboxConfig(runtime_binding_address="0.0.0.0")))
-    assert args["ports"] == {f"{SERVER_PORT}/tcp": ("0.0.0.0", None)}
+    spec = make(SandboxConfig(runtime_binding_address="0.0.0.0"))
+    assert to_docker_args(spec)["ports"] == {f"{SERVER_PORT}/tcp": ("0.0.0.0", None)}
+    assert not spec.local_server  # an address asked for: the port is published there, never a socket instead
+
+
+def test_an_unset_binding_address_means_this_host_only() -> None:
+    assert make(SandboxConfig()).local_server  # a local engine may serve it on a socket instead
+    assert make(SandboxConfig(runtime_binding_address="")).local_server
+    assert not make(SandboxConfig(runtime_binding_address="127.0.0.1")).local_server
+    assert not make(SandboxConfig(use_host_network=True)).local_server  # no bridge, no socket swap
+    with pytest.raises(ValueError, match="IP address"):
+        SandboxConfig(runtime_binding_address="localhost:80")
+
+
+def test_a_local_server_keeps_its_networks_and_other_ports_on_a_socket() -> None:
+    spec = dataclasses.replace(make(SandboxConfig(additional_networks=["cache"])), ports=(
+        PortSpec(SERVER_PORT, "127.0.0.1"), PortSpec(8080, "127.0.0.1"),
+    ))
+    unix = unix_socket_spec(spec, "/run/agentbox/sockets/abc123", keep_network=True)
+    assert (unix.network_mode, unix.networks) == ("bridge", (DEFAULT_NETWORK, "cache"))
+    assert unix.ports == (PortSpec(8080, "127.0.0.1"),)  # only the server's port goes
+    args = to_docker_args(unix)
+    assert args["network"] == DEFAULT_NETWORK and "network_mode" not in args
+    cmd = args["command"]
+    assert "--host" not in cmd and "--port" not in cmd
+    assert cmd[cmd.index("--uds") + 1] == f"{SOCKET_MOUNT}/server.sock"
+    assert [m["Source"] for m in args["mounts"] if m["Target"] == SOCKET_MOUNT] == ["/run/agentbox/sockets/abc123"]
 
 
 def test_default_capabilities_are_trimmed_but_sudo_stays_possible() -> None:

@@ -68,7 +68,8 @@ class Endpoint:
     via: Literal["published", "network", "host", "unix", "service"]
     """``published``: a host port Docker published; ``network``: the sandbox's IP on a Docker network
     shared with this (containerised) process; ``host``: the host network namespace; ``unix``: a Unix
-    socket in a host directory mounted into a sandbox without network (``uds``)."""
+    socket in a host directory mounted into the sandbox (``uds``): one without network, or one whose
+    server need only be reachable from this host."""
     uds: str | None = None
     """Host path of the server's Unix domain socket (``via="unix"``); None over TCP."""
 

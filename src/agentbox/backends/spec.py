@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_NETWORK",
     "FOREIGN_SERVER_LABEL",
     "HARDENED_CAP_ADD",
+    "LOOPBACK",
     "NONE_NETWORK",
     "RUN_MOUNT",
     "SERVER_DIR",
@@ -44,6 +45,8 @@ __all__ = [
 #: Port the runtime server listens on inside a bridged sandbox. High and unusual, so an agent's own web
 #: app on 8000/8080/3000 never collides with it.
 SERVER_PORT = 49983
+#: Where a server port is published when ``runtime_binding_address`` is unset and no socket serves.
+LOOPBACK = "127.0.0.1"
 #: The shared, agentbox-managed bridge every sandbox joins by default (inter-container traffic disabled).
 DEFAULT_NETWORK = "agentbox-net"
 #: How ``spec_from_config`` names ``network="none"``. On the host the backend turns such a spec into one
@@ -169,6 +172,9 @@ class ContainerSpec:
     key_dir: str | None = None
     """Host directory bind-mounted at :data:`RUN_MOUNT`, into which the backend writes the session key
     before start (a local engine); None when the key is copied in through the engine instead."""
+    local_server: bool = False
+    """The server need only be reachable from this host (``runtime_binding_address`` unset): a backend on
+    a local engine may serve it on a Unix socket in ``socket_dir`` instead of the published port."""
 
     @property
     def has_policy(self) -> bool:
@@ -223,7 +229,7 @@ def spec_from_config(
         network_mode: Literal["bridge", "host", "none"] = "host"
         networks: tuple[str, ...] = ()
         ports: tuple[PortSpec, ...] = ()
-        command = server_command(config, host=config.runtime_binding_address, port=0)
+        command = server_command(config, host=config.runtime_binding_address or LOOPBACK, port=0)
     else:
         network_mode = "bridge"
         if config.network is None:
@@ -233,7 +239,7 @@ def spec_from_config(
         else:
             primary = config.network
         networks = (primary, *config.additional_networks)
-        ports = (PortSpec(SERVER_PORT, config.runtime_binding_address),)
+        ports = (PortSpec(SERVER_PORT, config.runtime_binding_address or LOOPBACK),)
         command = server_command(config, host="0.0.0.0", port=SERVER_PORT)
     if config.hardened:
         security = Security(cap_drop=("ALL",), cap_add=HARDENED_CAP_ADD, no_new_privileges=True)
@@ -262,6 +268,7 @@ def spec_from_config(
         security=security,
         egress=egress,
         host_ports=host_ports,
+        local_server=network_mode == "bridge" and config.runtime_binding_address is None,
     )
 
 
@@ -356,9 +363,10 @@ def foreign_server_spec(
     )
 
 
-def unix_socket_spec(spec: ContainerSpec, socket_dir: str) -> ContainerSpec:
-    """``spec`` without any network: only loopback, nothing published, and the server on a Unix socket
-    in the host directory ``socket_dir`` (mounted at :data:`SOCKET_MOUNT`) instead of on TCP."""
+def unix_socket_spec(spec: ContainerSpec, socket_dir: str, *, keep_network: bool = False) -> ContainerSpec:
+    """``spec`` with the server on a Unix socket in the host directory ``socket_dir`` (mounted at
+    :data:`SOCKET_MOUNT`) instead of on TCP, and its port not published. Without ``keep_network``, also
+    without any network (only loopback)."""
     command: list[str] = []
     args = iter(spec.command)
     for arg in args:
@@ -367,6 +375,9 @@ def unix_socket_spec(spec: ContainerSpec, socket_dir: str) -> ContainerSpec:
             continue
         command.append(arg)
     command += ["--uds", posixpath.join(SOCKET_MOUNT, SOCKET_NAME)]
+    if keep_network:
+        ports = tuple(p for p in spec.ports if p.container_port != SERVER_PORT)
+        return replace(spec, command=tuple(command), ports=ports, socket_dir=socket_dir)
     return replace(
         spec, command=tuple(command), network_mode="none", networks=(), ports=(), socket_dir=socket_dir
     )

@@ -192,13 +192,22 @@ def demonstrate(sandbox: Sandbox, folder: Path, data_dir: Path, uid: int) -> lis
         _check(not (data_dir / "new-file").exists(), "a file appeared in the read-only host folder")
         note["detail"] = write.output.strip().splitlines()[-1] if write.output.strip() else "write refused"
 
-    with demo.step(f"port binding: the server port is published on {config.runtime_binding_address} only") as note:
+    from agentbox.backends.spec import LOOPBACK
+
+    binding = config.runtime_binding_address or LOOPBACK
+    where = "this host only" if config.runtime_binding_address is None else binding
+    with demo.step(f"port binding: the runtime server is reachable from {where}") as note:
         ports = _published_ports(container_id_of(sandbox))
         if config.use_host_network:
             note["detail"] = "host network: no ports published"
+        elif sandbox.uds is not None:
+            _check(not ports, f"a Unix-socket sandbox publishes ports: {ports}")
+            mode = os.stat(os.path.dirname(sandbox.uds)).st_mode & 0o777
+            _check(mode == 0o700, f"its socket directory has mode {mode:o}")
+            note["detail"] = f"no port published; its server is on unix:{sandbox.uds} (a 0700 directory)"
         else:
             _check(bool(ports), "no published port found in docker inspect")
-            wrong = [p for p in ports if p[1] != config.runtime_binding_address]
+            wrong = [p for p in ports if p[1] != binding]
             _check(not wrong, f"published on {wrong}")
             note["detail"] = ", ".join(f"{port} -> {ip}:{hostport}" for port, ip, hostport in ports)
 

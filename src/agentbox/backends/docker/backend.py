@@ -271,6 +271,30 @@ class DockerBackend(Backend):
             return spec
         return self.keys.place(spec, sandbox_id)
 
+    def _with_server_socket(self, spec: ContainerSpec) -> ContainerSpec:
+        """``spec`` with its server on a Unix socket in a private host directory, its port not published,
+        where the server need only be reachable from this host and the engine shares this host's files.
+
+        A published port costs a docker-proxy process per sandbox, started with the container and stopped
+        before its removal (about 50 ms of a teardown), and any local user can connect to it; a socket in
+        a 0700 directory is this user's alone, and a call to a removed sandbox fails at once. Not under
+        gVisor (a socket made in its kernel never shows on the host), nor behind an egress gateway (it
+        relays the server's port), nor for an image's own server, nor where the sandbox uid is another
+        user this process cannot hand the directory to.
+        """
+        sandbox_id = spec.label_map.get(LABELS.SANDBOX)
+        if (
+            not spec.local_server or spec.socket_dir or spec.network_mode != "bridge" or not sandbox_id
+            or spec.foreign_server or spec.runtime == "runsc" or spec.has_policy
+        ):
+            return spec
+        euid = os.geteuid()
+        if euid != 0 and (spec.user_id if spec.user_id is not None else euid) != euid:
+            return spec
+        if not self.sockets.fits(sandbox_id) or not self._shares_files():
+            return spec
+        return self.sockets.place(spec, sandbox_id, keep_network=True)
+
     def sweep_dirs(self, *, grace: float = DIR_GRACE) -> None:
         """Remove the socket and key directories whose sandbox is no longer on the engine (removed without
         :meth:`remove`: ``docker rm``, a crash, a sweep by label) and older than ``grace`` seconds."""
@@ -393,20 +417,18 @@ class DockerBackend(Backend):
         container_id: str | None = None
         placed = spec
         try:
-            placed, networks = self._place(spec)
-            placed = self._behind_gateway(placed)
-            placed = self._with_key_dir(placed)
-            if placed.key_dir:
+            placed, networks = self._placed(spec)
+            if placed.key_dir or placed.socket_dir:
                 self._sweep_dirs_now_and_then()
             try:
                 container_id = lifecycle.create_container(self.api, placed)
             except NetworkNotFoundError:
                 if not self.networks.forget(placed.networks):
                     raise
-                # A shared network was removed behind our cache (e.g. by `agentbox reap`): make it again.
-                placed, more = self._place(spec)
+                # A shared network was removed behind our cache (e.g. by `agentbox reap`): make it again
+                # (the same host directories: making them is idempotent).
+                placed, more = self._placed(spec)
                 networks += more
-                placed = self._behind_gateway(placed)
                 container_id = lifecycle.create_container(self.api, placed)
             for name in placed.networks[1:]:
                 with engine_errors(f"connecting the sandbox to network {name}"):
@@ -430,6 +452,12 @@ class DockerBackend(Backend):
             if self.keys is not None:
                 self.keys.remove(placed.key_dir, placed.label_map.get(LABELS.SANDBOX))
             raise
+
+    def _placed(self, spec: ContainerSpec) -> tuple[ContainerSpec, builtins.list[str]]:
+        """:meth:`_place`, then the gateway, the server's socket and the key directory, as they apply."""
+        placed, created = self._place(spec)
+        placed = self._behind_gateway(placed)
+        return self._with_key_dir(self._with_server_socket(placed)), created
 
     def _behind_gateway(self, placed: ContainerSpec) -> ContainerSpec:
         """A sandbox with a network policy: its gateway made, and the sandbox on the gateway's network only."""

@@ -37,7 +37,7 @@ class Placement:
     server_port: int = SERVER_PORT
     """Port of the runtime server inside (from the ``agentbox.server-port`` label)."""
     socket_dir: str | None = None
-    """Host directory of the server's Unix socket (``network="none"``), from its label."""
+    """Host directory of the server's Unix socket (``network="none"``, a local-only server), from its label."""
     foreign_server: bool = False
     """The image runs its own server, reached on the sandbox's network (never published)."""
 

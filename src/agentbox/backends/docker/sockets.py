@@ -1,4 +1,6 @@
-"""Host directories holding the Unix socket of a network-less sandbox's server (``network="none"``).
+"""Host directories holding the Unix socket of a sandbox's server: a network-less sandbox's
+(``network="none"``), and on a local engine any sandbox whose server need only be reachable from this host
+(``runtime_binding_address`` unset), which then publishes no port at all.
 
 One directory per sandbox, ``<sockets>/<sandbox id>``, mode 0700, bind-mounted at
 :data:`~agentbox.backends.spec.SOCKET_MOUNT` and named by the container's ``agentbox.socket-dir`` label;
@@ -26,10 +28,15 @@ class SocketDirs(SandboxDirs):
 
     kind = "sockets"
 
-    def place(self, spec: ContainerSpec, sandbox_id: str) -> ContainerSpec:
-        """``spec`` without a network, its server on a socket in a fresh directory for ``sandbox_id``."""
+    def fits(self, sandbox_id: str) -> bool:
+        """True when the socket path of ``sandbox_id`` fits in a socket address."""
+        return len(os.fsencode(self.path(sandbox_id) / SOCKET_NAME)) <= MAX_SOCKET_PATH
+
+    def place(self, spec: ContainerSpec, sandbox_id: str, *, keep_network: bool = False) -> ContainerSpec:
+        """``spec`` with its server on a socket in a fresh directory for ``sandbox_id``; without
+        ``keep_network``, also without a network."""
         directory = self.path(sandbox_id)
-        if len(os.fsencode(directory / SOCKET_NAME)) > MAX_SOCKET_PATH:
+        if not self.fits(sandbox_id):
             raise ConfigError(
                 f'network="none" needs a Unix socket path of at most {MAX_SOCKET_PATH} bytes, and '
                 f"{directory / SOCKET_NAME} is longer; set XDG_RUNTIME_DIR (or XDG_STATE_HOME) to a shorter path"
@@ -48,4 +55,4 @@ class SocketDirs(SandboxDirs):
                     f"{directory} (owned by uid {os.geteuid()}); use user_id={os.geteuid()} or run as root"
                 ) from None
         labels = tuple(sorted({**spec.label_map, LABELS.SOCKET_DIR: str(directory)}.items()))
-        return replace(unix_socket_spec(spec, str(directory)), labels=labels)
+        return replace(unix_socket_spec(spec, str(directory), keep_network=keep_network), labels=labels)
