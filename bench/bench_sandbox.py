@@ -68,7 +68,10 @@ def _summary(values: list[float]) -> dict[str, Any]:
 def _timed_api(backend: DockerBackend, into: dict[str, float]) -> Iterator[None]:
     """Time the engine calls a start makes (summed per call name) by wrapping the low-level client."""
     api = backend.api
-    names = ("create_container", "connect_container_to_network", "put_archive", "start", "inspect_container", "logs")
+    names = (
+        "create_container", "disconnect_container_from_network", "connect_container_to_network", "put_archive",
+        "start", "inspect_container", "logs",
+    )
     originals = {name: getattr(api, name) for name in names}
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

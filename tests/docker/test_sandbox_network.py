@@ -102,6 +102,18 @@ def test_by_default_the_server_is_on_a_private_socket_and_nothing_is_published(
         client.alive()  # a removed sandbox's socket refuses at once (no address left to resolve)
 
 
+@needs_host
+def test_a_sandbox_is_on_its_network_with_its_dns_from_the_first_command(
+    sandboxes: Callable[..., Any], docker_client: Any
+) -> None:
+    # Started detached and joined while its server boots: the first command must already see it all.
+    sb = sandboxes()
+    [(network, settings)] = docker_client.api.inspect_container(sb.container_id)["NetworkSettings"]["Networks"].items()
+    name = f"agentbox-{sb.id}"  # its container name: answered by the network's DNS, not /etc/hosts
+    first = sb.run(f"python3 -c \"import socket; print(socket.gethostbyname('{name}'))\"; grep -c {name} /etc/hosts")
+    assert first.output.split() == [settings["IPAddress"], "0"], (network, first.output)
+
+
 def test_an_explicit_binding_address_publishes_the_port_there_only(
     sandboxes: Callable[..., Any], docker_client: Any
 ) -> None:

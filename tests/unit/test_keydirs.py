@@ -128,6 +128,28 @@ def test_only_a_sandbox_on_an_engine_sharing_this_hosts_files_gets_a_key_directo
     assert off.keys is None and off._with_key_dir(spec).key_dir is None
 
 
+def test_only_a_this_host_only_server_on_a_local_engine_moves_to_a_socket(tmp_path: Path) -> None:
+    from agentbox.backends.spec import DEFAULT_NETWORK, PortSpec
+
+    spec = replace(_spec(), networks=(DEFAULT_NETWORK,))  # as placed: the configured name resolved
+    b = _backend(tmp_path, shares_files=True)
+    placed = b._with_server_socket(spec)
+    assert placed.socket_dir == str(tmp_path / "agentbox" / "sockets" / "abc123") and placed.ports == ()
+    assert placed.networks == (DEFAULT_NETWORK,) and placed.network_mode == "bridge"
+    assert placed.label_map[LABELS.SOCKET_DIR] == placed.socket_dir  # removed with the sandbox, swept if not
+    assert b._joins_after_start(placed)  # no network needed to reach it: joined while the server boots
+    assert not b._joins_after_start(replace(placed, ports=(PortSpec(8080),)))  # something to publish
+    assert not b._joins_after_start(replace(placed, networks=("mynet",)))  # may be removed as unused meanwhile
+    # A remote engine, an address asked for, gVisor, an egress gateway, an image's own server: a port.
+    assert _backend(tmp_path, shares_files=False)._with_server_socket(spec).socket_dir is None
+    for other in (
+        replace(spec, local_server=False), replace(spec, runtime="runsc"), replace(spec, egress=()),
+        replace(spec, foreign_server=True), replace(spec, labels=()),
+    ):
+        assert b._with_server_socket(other) == other
+        assert not b._joins_after_start(other)
+
+
 def test_a_backend_sweeps_forgotten_key_and_socket_directories_now_and_then(tmp_path: Path) -> None:
     b = _backend(tmp_path, shares_files=True)
     keys = b.keys

@@ -3,12 +3,16 @@
 The jobs live in their own modules; this class composes them:
 
 * :mod:`.networks` -- which network a configured name means, the shared networks, the manager's
-  control network. Every sandbox joins one network at create and the rest *before* start (create ->
-  connect -> start), so sidecars on ``additional_networks`` answer by name from the very first command.
+  control network. A sandbox reached over a port joins one network at create and the rest *before*
+  start (create -> connect -> start); one whose server is on a Unix socket, on the shared network, starts
+  detached and joins them all while its server boots (create -> disconnect -> start -> connect), which
+  takes the engine ~90 ms less on the critical path. Either way the host waits for every network before
+  the first command, so sidecars on ``additional_networks`` answer by name from it on.
 * :mod:`.endpoints` -- how this process reaches the server (pure).
 * :mod:`.lifecycle` -- the create call, the secrets put before start, the ready-line watcher.
 * :mod:`.keydirs` -- on a local engine, the session key written into a mounted host directory instead.
-* :mod:`.sockets`, :mod:`.volumes` -- per-sandbox socket directories (``network="none"``), named volumes.
+* :mod:`.sockets`, :mod:`.volumes` -- per-sandbox socket directories (``network="none"``, a server for
+  this host only), named volumes.
 * :mod:`.reaping` -- orphans and leftovers.
 
 Concurrency: one instance serves every sandbox of a process. No lock is held across engine calls of
@@ -143,6 +147,8 @@ class DockerBackend(Backend):
         self.keys = KeyDirs(keys) if mount_keys and keys is not None else None
         # Key directories of the containers this instance created (a restart reads the label instead).
         self._key_dirs: dict[str, str] = {}
+        # Networks of the containers this instance created detached, to join once started.
+        self._late_networks: dict[str, tuple[str, ...]] = {}
         self._keys_swept_at = -KEY_SWEEP_INTERVAL
         self.networks = Networks(lambda: self.api)
         self.egress = Egress(lambda: self.api)
@@ -430,9 +436,15 @@ class DockerBackend(Backend):
                 placed, more = self._placed(spec)
                 networks += more
                 container_id = lifecycle.create_container(self.api, placed)
-            for name in placed.networks[1:]:
-                with engine_errors(f"connecting the sandbox to network {name}"):
-                    self.api.connect_container_to_network(container_id, name)
+            if self._joins_after_start(placed):
+                # Started without a network, joined to them all while its server boots (see start).
+                with engine_errors(f"detaching the sandbox from network {placed.networks[0]} until it starts"):
+                    self.api.disconnect_container_from_network(container_id, placed.networks[0])
+                self._late_networks[container_id] = placed.networks
+            else:
+                for name in placed.networks[1:]:
+                    with engine_errors(f"connecting the sandbox to network {name}"):
+                        self.api.connect_container_to_network(container_id, name)
             if spec.foreign_server:
                 self._foreign.add(container_id)
             if placed.key_dir:
@@ -452,6 +464,37 @@ class DockerBackend(Backend):
             if self.keys is not None:
                 self.keys.remove(placed.key_dir, placed.label_map.get(LABELS.SANDBOX))
             raise
+
+    def _joins_after_start(self, placed: ContainerSpec) -> bool:
+        """True when the sandbox is better started with no network and joined to its networks right after.
+
+        The engine's start of a container on a user-defined network costs about 90 ms more than of one
+        without (its endpoint, and the embedded DNS resolver set up inside the sandbox); a ``connect`` after
+        start does the same work in about 85 ms while the server boots, which takes longer. Only for a
+        server on a Unix socket, which needs no network to be reached, and with nothing to publish. The
+        host waits for every network before the first command, so sidecars still answer from it on.
+
+        Only on the shared default network: a detached container does not count as a user of a network,
+        so a network made for sandboxes could be removed as unused meanwhile; the shared one is made again.
+        """
+        bridged = placed.network_mode == "bridge" and placed.networks[:1] == (self.default_network,)
+        return bool(placed.socket_dir) and bridged and not placed.ports
+
+    def _join_networks(self, container_id: str, names: tuple[str, ...]) -> None:
+        """Connect a started sandbox to ``names``, in order; a shared network removed meanwhile (``agentbox
+        reap``) is made again."""
+        for name in names:
+            try:
+                with engine_errors(f"connecting the sandbox to network {name}"):
+                    self.api.connect_container_to_network(container_id, name)
+                continue
+            except NetworkNotFoundError:
+                if name != self.default_network:
+                    raise
+            self.networks.forget([name])
+            self.networks.ensure_shared(name, ROLE_DEFAULT, icc=False)
+            with engine_errors(f"connecting the sandbox to network {name}"):
+                self.api.connect_container_to_network(container_id, name)
 
     def _placed(self, spec: ContainerSpec) -> tuple[ContainerSpec, builtins.list[str]]:
         """:meth:`_place`, then the gateway, the server's socket and the key directory, as they apply."""
@@ -490,7 +533,12 @@ class DockerBackend(Backend):
             with engine_errors("following the sandbox's log"):
                 watcher = lifecycle.ReadyWatcher(self.api, container_id, skip=earlier)
             try:
-                # Read the published port while the server boots: costs no time on the critical path.
+                # Join the networks, then read the published port, while the server boots: neither costs
+                # time on the critical path.
+                late = self._late_networks.get(container_id)
+                if late:
+                    self._join_networks(container_id, late)
+                    del self._late_networks[container_id]
                 attrs = self._inspect(container_id)
                 kind, line = watcher.wait(deadline - time.monotonic())
             finally:
@@ -661,11 +709,18 @@ class DockerBackend(Backend):
 
         self._foreign.discard(container_id)
         self._key_dirs.pop(container_id, None)
+        late = self._late_networks.pop(container_id, ())
         try:
             attrs = self._inspect(container_id)
         except SandboxNotFoundError:
             return
         networks = list(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+        # A sandbox removed before it joined its networks (see start) holds no endpoint on them: its
+        # network mode still names the first, which may have been made for it.
+        mode = str((attrs.get("HostConfig") or {}).get("NetworkMode") or "")
+        for name in (*late, mode):
+            if name and name not in networks and name not in ("default", "bridge", "host", "none"):
+                networks.append(name)
         labels = (attrs.get("Config") or {}).get("Labels") or {}
         sandbox_id = labels.get(LABELS.SANDBOX)
         with engine_errors("removing the sandbox container"), contextlib.suppress(NotFound):
