@@ -58,8 +58,12 @@ def _figures(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _remove(client: Any, label: str) -> None:
+    """Remove through the backend, not docker rm: a sandbox's key and socket directories go with it."""
+    from agentbox.backends.docker import DockerBackend
+
+    backend = DockerBackend(client=client)
     for c in client.api.containers(all=True, filters={"label": label}):
-        client.api.remove_container(c["Id"], force=True, v=True)
+        backend.remove(c["Id"], purge_volumes=True)
 
 
 def _pool_free(url: str, token: str, pool: str) -> float:

@@ -181,10 +181,13 @@ def run() -> dict[str, Any]:
     finally:
         client.close()
         svc.stop()
-        engine = docker_client()
-        for c in engine.api.containers(all=True, filters={"label": [f"{SESSION_LABEL}={LABELS[SESSION_LABEL]}"]}):
-            engine.api.remove_container(c["Id"], force=True, v=True)
-        engine.close()
+        # Through the backend, not docker rm: a sandbox's key and socket directories go with it.
+        from agentbox.backends.docker import DockerBackend
+
+        backend = DockerBackend(client=docker_client())
+        for c in backend.api.containers(all=True, filters={"label": [f"{SESSION_LABEL}={LABELS[SESSION_LABEL]}"]}):
+            backend.remove(c["Id"], purge_volumes=True)
+        backend.client.close()
     return out
 
 
