@@ -231,6 +231,9 @@ class Cluster:
         os.kill(pid, signal.SIGKILL)
         while _ours(pid):
             time.sleep(0.05)
+        # Killed, it may linger as a zombie until its reaper (init) gets to it; a dockerd started meanwhile
+        # refuses to run while the pid in its pid file is still in /proc. It is this fixture's, and dead.
+        (RUN / f"node{i}" / "dockerd.pid").unlink(missing_ok=True)
 
     def restart_node(self, i: int) -> None:
         """Start a killed node again (same data root: it rejoins) and wait until the manager sees it ready."""
